@@ -1,0 +1,89 @@
+//! Connecting to RabbitMQ: the one place where both servers wait for the broker, with capped
+//! exponential backoff, so a server started before RabbitMQ (or outliving it) never gives up.
+
+use crate::AmqpSettings;
+use lapin::uri::AMQPUri;
+use lapin::{Connection, ConnectionProperties};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+/// A TCP connect to an unreachable host can hang for minutes; a try must end sooner.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AmqpSettings {
+    /// Checks the URL once at start-up, so a typo fails fast instead of being retried forever.
+    pub fn uri(&self) -> anyhow::Result<AMQPUri> {
+        self.amqp_url
+            .parse()
+            .map_err(|err| anyhow::anyhow!("invalid AMQP_URL {}: {err}", redact(&self.amqp_url)))
+    }
+}
+
+/// The URL without its password, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    match url.parse::<AMQPUri>() {
+        Ok(uri) => redact_uri(&uri),
+        Err(_) => "<unparseable AMQP URL>".to_owned(),
+    }
+}
+
+/// Connects to RabbitMQ, retrying with capped exponential backoff and logging each failed try.
+/// Returns `None` only if `shutdown` fires first.
+pub async fn connect_with_backoff(
+    uri: &AMQPUri,
+    connection_name: &str,
+    shutdown: &CancellationToken,
+) -> Option<Connection> {
+    let shown = redact_uri(uri);
+    let mut delay = FIRST_RETRY;
+    loop {
+        let properties =
+            ConnectionProperties::default().with_connection_name(connection_name.into());
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect_uri(uri.clone(), properties),
+        );
+        let error = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            result = attempt => match result {
+                Ok(Ok(connection)) => {
+                    tracing::info!(broker = %shown, "connected to RabbitMQ");
+                    return Some(connection);
+                }
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
+            },
+        };
+        tracing::warn!(broker = %shown, %error, retry_in = ?delay, "cannot connect to RabbitMQ");
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_RETRY);
+    }
+}
+
+fn redact_uri(uri: &AMQPUri) -> String {
+    format!(
+        "amqp://{}@{}:{}/{}",
+        uri.authority.userinfo.username,
+        uri.authority.host,
+        uri.authority.port,
+        uri.vhost.replace('/', "%2f"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_urls_keep_everything_but_the_password() {
+        let shown = redact("amqp://alice:s3cret@rabbit.example:5673/%2fprod");
+        assert_eq!(shown, "amqp://alice@rabbit.example:5673/%2fprod");
+        assert!(!redact("amqp://u:hunter2@h/v").contains("hunter2"));
+        assert!(!redact("not a url with hunter2").contains("hunter2"));
+    }
+}
