@@ -46,8 +46,8 @@ fn parse_from<T: Parser>(args: Vec<OsString>) -> anyhow::Result<T> {
     if let Some(path) = config_file {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("read config file {}", path.display()))?;
-        for (name, value) in read_settings(&text)
-            .with_context(|| format!("parse config file {}", path.display()))?
+        for (name, value) in
+            read_settings(&text).with_context(|| format!("parse config file {}", path.display()))?
         {
             let id = find_setting(&command, &name)
                 .with_context(|| format!("config file {}", path.display()))?;
@@ -89,8 +89,12 @@ fn find_setting(command: &clap::Command, name: &str) -> anyhow::Result<String> {
         .get_arguments()
         .find(|arg| {
             arg.get_id().as_str() == wanted
-                || arg.get_long().is_some_and(|long| long.replace('-', "_") == wanted)
-                || arg.get_env().is_some_and(|env| env.eq_ignore_ascii_case(name))
+                || arg
+                    .get_long()
+                    .is_some_and(|long| long.replace('-', "_") == wanted)
+                || arg
+                    .get_env()
+                    .is_some_and(|env| env.eq_ignore_ascii_case(name))
         })
         .map(|arg| arg.get_id().to_string())
         .with_context(|| format!("unknown setting '{name}'"))
@@ -150,12 +154,18 @@ mod tests {
         let file = config_file("timeout_ms: 250\nno_such_thing: 1\n");
         let path = file.path().to_str().unwrap();
         let err = parse(&["prog", "--config", path]).unwrap_err();
-        assert!(format!("{err:#}").contains("unknown setting 'no_such_thing'"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("unknown setting 'no_such_thing'"),
+            "{err:#}"
+        );
     }
 
     #[test]
     fn a_missing_file_is_an_error_that_names_it() {
         let err = parse(&["prog", "--config", "/nonexistent/kv.yaml"]).unwrap_err();
-        assert!(format!("{err:#}").contains("/nonexistent/kv.yaml"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("/nonexistent/kv.yaml"),
+            "{err:#}"
+        );
     }
 }

@@ -53,11 +53,13 @@
 mod config;
 mod connect;
 mod message;
+mod signal;
 mod telemetry;
 mod topology;
 
 pub use config::{AmqpSettings, parse_with_config_file};
 pub use connect::{connect_with_backoff, redact};
 pub use message::{Key, KeyError, MAX_KEY_BYTES, Reply, Request};
+pub use signal::shutdown_signal;
 pub use telemetry::init_tracing;
 pub use topology::{DEAD_REASON_HEADER, DIRECT_REPLY_TO, dead_letter_queue, declare_topology};

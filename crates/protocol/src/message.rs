@@ -88,8 +88,6 @@ impl Request {
 pub enum Reply {
     Found { value: f64 },
     NotFound,
-    /// The back-server could not read the database; the message says why, for the logs.
-    Failed { reason: String },
 }
 
 impl Reply {
@@ -108,16 +106,24 @@ mod tests {
 
     #[test]
     fn requests_round_trip_through_json() {
-        let put = Request::Put { key: Key::parse("é").unwrap(), value: -0.5 };
+        let put = Request::Put {
+            key: Key::parse("é").unwrap(),
+            value: -0.5,
+        };
         assert_eq!(Request::from_slice(&put.to_vec()).unwrap(), put);
-        let get = Request::Get { key: Key::parse("k").unwrap() };
+        let get = Request::Get {
+            key: Key::parse("k").unwrap(),
+        };
         assert_eq!(get.to_vec(), br#"{"op":"get","key":"k"}"#);
     }
 
     #[test]
     fn a_message_with_an_invalid_key_does_not_parse() {
         assert!(Request::from_slice(br#"{"op":"get","key":""}"#).is_err());
-        let long = format!(r#"{{"op":"get","key":"{}"}}"#, "k".repeat(MAX_KEY_BYTES + 1));
+        let long = format!(
+            r#"{{"op":"get","key":"{}"}}"#,
+            "k".repeat(MAX_KEY_BYTES + 1)
+        );
         assert!(Request::from_slice(long.as_bytes()).is_err());
     }
 

@@ -18,13 +18,22 @@ pub fn dead_letter_queue(queue: &str) -> String {
 
 /// Declares the durable request queue and its dead-letter queue (idempotent).
 pub async fn declare_topology(channel: &Channel, queue: &str) -> lapin::Result<()> {
-    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
     let mut arguments = FieldTable::default();
     // One consumer at a time keeps the queue's order, which read-your-writes depends on.
     arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-    channel.queue_declare(queue.into(), durable, arguments).await?;
     channel
-        .queue_declare(dead_letter_queue(queue).into(), durable, FieldTable::default())
+        .queue_declare(queue.into(), durable, arguments)
+        .await?;
+    channel
+        .queue_declare(
+            dead_letter_queue(queue).into(),
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     Ok(())
 }

@@ -1,0 +1,25 @@
+//! The back-server's settings; `back-server --help` prints them with their defaults.
+
+use clap::Parser;
+use kv_protocol::AmqpSettings;
+use std::path::PathBuf;
+
+/// Consumes the key-value request queue and owns the SQLite database.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "back-server", version)]
+pub struct Config {
+    /// Optional YAML file of settings (`name: value`); flags and environment variables win over it.
+    #[arg(long, env = "CONFIG_FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+
+    /// SQLite database file; created, with its table, if missing.
+    #[arg(long, env = "DB_PATH", default_value = "kv.db")]
+    pub db_path: PathBuf,
+
+    /// How many unacknowledged messages RabbitMQ may hand the back-server at once.
+    #[arg(long, env = "PREFETCH", default_value_t = 256)]
+    pub prefetch: u16,
+}

@@ -1,0 +1,88 @@
+//! Wiring and lifecycle: open the store, then connect, consume, and reconnect whenever the broker
+//! link drops, until shutdown. `main` and the tests both run exactly this.
+
+use crate::config::Config;
+use crate::consumer::{Stopped, consume};
+use crate::store::Store;
+use anyhow::Context;
+use lapin::uri::AMQPUri;
+use std::future::Future;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long to wait before reconnecting after a connection that did work has dropped.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+
+pub struct Application {
+    config: Config,
+    uri: AMQPUri,
+    store: Store,
+}
+
+impl Application {
+    /// Checks the settings and opens the database; does not need RabbitMQ to be up.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let uri = config.amqp.uri()?;
+        let store = Store::open(&config.db_path)
+            .await
+            .with_context(|| format!("open the database {}", config.db_path.display()))?;
+        tracing::info!(db = %config.db_path.display(), "database ready");
+        Ok(Self { config, uri, store })
+    }
+
+    /// Serves until `shutdown` completes: finishes the message in hand, cancels the consumer,
+    /// closes the AMQP connection and the database.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let token = CancellationToken::new();
+        let result = {
+            let serve = self.serve(&token);
+            tokio::pin!(serve);
+            tokio::select! {
+                result = &mut serve => result,
+                _ = shutdown => {
+                    token.cancel();
+                    serve.await
+                }
+            }
+        };
+        self.store.close().await;
+        result?;
+        tracing::info!("back-server stopped");
+        Ok(())
+    }
+
+    async fn serve(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let queue = &self.config.amqp.queue;
+        while let Some(connection) =
+            kv_protocol::connect_with_backoff(&self.uri, "back-server", shutdown).await
+        {
+            let result = consume(
+                &connection,
+                &self.store,
+                queue,
+                self.config.prefetch,
+                shutdown,
+            )
+            .await;
+            match result {
+                Ok(Stopped::Shutdown) => {
+                    connection
+                        .close(200, "back-server shutting down".into())
+                        .await?;
+                    return Ok(());
+                }
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "lost the RabbitMQ link; reconnecting");
+                    let _ = connection
+                        .close(200, "back-server reconnecting".into())
+                        .await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

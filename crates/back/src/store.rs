@@ -1,0 +1,215 @@
+//! The SQLite store. One dedicated thread owns the connection and applies batches of requests,
+//! each in one transaction; async code talks to it through a bounded channel, so the runtime never
+//! blocks on disk and a slow disk pushes back on the consumer instead of queueing without limit.
+
+use kv_protocol::Request;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::path::Path;
+use std::thread::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_create_kv.sql")];
+
+const UPSERT: &str = "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+const SELECT: &str = "SELECT value FROM kv WHERE key = ?1";
+
+/// Batches waiting for the store thread. Small: the consumer waits for each batch anyway.
+const QUEUE_DEPTH: usize = 4;
+
+/// What applying one request produced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// A put was applied (committed once the batch's transaction is).
+    Stored,
+    /// A get's answer, as of the requests before it in the batch.
+    Value(Option<f64>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store thread has stopped")]
+    Stopped,
+}
+
+/// Handle to the store thread. Dropping it (or calling [`Store::close`]) stops the thread once
+/// the batches already sent are done.
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+    thread: JoinHandle<()>,
+}
+
+struct Job {
+    requests: Vec<Request>,
+    done: oneshot::Sender<Result<Vec<Outcome>, rusqlite::Error>>,
+}
+
+impl Store {
+    /// Opens (or creates) the database on the store thread and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let (jobs, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let (opened, open_result) = oneshot::channel();
+        let path = path.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-store".into())
+            .spawn(move || match open_connection(&path) {
+                Ok(connection) => {
+                    let _ = opened.send(Ok(()));
+                    serve(connection, receiver);
+                }
+                Err(err) => {
+                    let _ = opened.send(Err(err));
+                }
+            })
+            .expect("spawn the SQLite thread");
+        open_result.await.map_err(|_| StoreError::Stopped)??;
+        Ok(Self { jobs, thread })
+    }
+
+    /// Applies `requests` in order in one transaction and returns one outcome per request.
+    /// Either all of them are committed or none is.
+    pub async fn apply(&self, requests: Vec<Request>) -> Result<Vec<Outcome>, StoreError> {
+        let (done, outcome) = oneshot::channel();
+        self.jobs
+            .send(Job { requests, done })
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        Ok(outcome.await.map_err(|_| StoreError::Stopped)??)
+    }
+
+    /// Stops the thread after the work already sent, and waits for it to close the database.
+    pub async fn close(self) {
+        let Self { jobs, thread } = self;
+        drop(jobs);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let mut connection = Connection::open(path)?;
+    // WAL lets a commit be one append; FULL makes that append reach the disk before COMMIT
+    // returns, which we need because the broker ack that follows deletes the only other copy.
+    connection
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    migrate(&mut connection)?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
+    let applied: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    for (version, sql) in (1..).zip(MIGRATIONS).skip(applied as usize) {
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        transaction.execute_batch(sql)?;
+        transaction.pragma_update(None, "user_version", version)?;
+        transaction.commit()?;
+    }
+    Ok(())
+}
+
+fn serve(mut connection: Connection, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(job) = jobs.blocking_recv() {
+        let result = apply_batch(&mut connection, &job.requests);
+        let _ = job.done.send(result);
+    }
+}
+
+fn apply_batch(
+    connection: &mut Connection,
+    requests: &[Request],
+) -> rusqlite::Result<Vec<Outcome>> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let outcomes = {
+        let mut upsert = transaction.prepare_cached(UPSERT)?;
+        let mut select = transaction.prepare_cached(SELECT)?;
+        requests
+            .iter()
+            .map(|request| match request {
+                Request::Put { key, value } => {
+                    upsert.execute(params![key.as_str(), value])?;
+                    Ok(Outcome::Stored)
+                }
+                Request::Get { key } => {
+                    let value = select
+                        .query_row([key.as_str()], |row| row.get(0))
+                        .optional()?;
+                    Ok(Outcome::Value(value))
+                }
+            })
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    transaction.commit()?;
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_protocol::Key;
+
+    fn put(key: &str, value: f64) -> Request {
+        Request::Put {
+            key: Key::parse(key).unwrap(),
+            value,
+        }
+    }
+
+    fn get(key: &str) -> Request {
+        Request::Get {
+            key: Key::parse(key).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_in_a_batch_see_the_writes_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kv.db")).await.unwrap();
+
+        let outcomes = store
+            .apply(vec![
+                get("k"),
+                put("k", 1.0),
+                get("k"),
+                put("k", 2.5),
+                get("k"),
+            ])
+            .await
+            .unwrap();
+
+        use Outcome::*;
+        assert_eq!(
+            outcomes,
+            [
+                Value(None),
+                Stored,
+                Value(Some(1.0)),
+                Stored,
+                Value(Some(2.5))
+            ]
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn data_and_schema_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.db");
+        let store = Store::open(&path).await.unwrap();
+        store.apply(vec![put("kept", -3.25)]).await.unwrap();
+        store.close().await;
+
+        let store = Store::open(&path).await.unwrap();
+        let outcomes = store.apply(vec![get("kept")]).await.unwrap();
+
+        assert_eq!(outcomes, [Outcome::Value(Some(-3.25))]);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn opening_a_path_that_cannot_exist_fails() {
+        let result = Store::open(Path::new("/nonexistent-dir/kv.db")).await;
+        assert!(matches!(result, Err(StoreError::Sqlite(_))));
+    }
+}
