@@ -80,6 +80,13 @@ pub async fn consume(
     channel
         .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
         .await?;
+    // Closed here rather than on drop, so that closing the connection does not race them.
+    dead_channel
+        .close(200, "back-server shutting down".into())
+        .await?;
+    channel
+        .close(200, "back-server shutting down".into())
+        .await?;
     Ok(Stopped::Shutdown)
 }
 

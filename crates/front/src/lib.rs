@@ -1,1 +1,16 @@
+//! `front-server`: the HTTP face of the key-value store. It validates requests, publishes them to
+//! RabbitMQ and answers from the broker's confirm (writes) or the back-server's reply (reads). It
+//! keeps no data, so any number of front-servers can run side by side.
+//!
+//! [`routes`] holds the HTTP API and its input parsing, [`broker`] the one AMQP connection and
+//! its request/reply bookkeeping, [`error`] the mapping of every failure to a JSON answer, and
+//! [`startup`] the wiring that `main` and the tests share.
 
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod startup;
+
+pub use config::Config;
+pub use startup::Application;

@@ -1,1 +1,13 @@
-fn main() {}
+//! Entry point of `front-server`; hands off to the library.
+
+use front_server::{Application, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    kv_protocol::init_tracing();
+    let config: Config = kv_protocol::parse_with_config_file()?;
+    let application = Application::build(config).await?;
+    application
+        .run_until_stopped(kv_protocol::shutdown_signal())
+        .await
+}

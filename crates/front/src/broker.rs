@@ -1,0 +1,391 @@
+//! The front-server's side of RabbitMQ: one long-lived connection with two channels, kept alive
+//! by a supervisor task, and the bookkeeping that turns AMQP's fire-and-forget messages into
+//! request/response calls.
+//!
+//! - Writes go out on a channel in publisher-confirm mode. Each request awaits the confirm of its
+//!   own message, so confirms of concurrent requests overlap instead of queueing.
+//! - Reads go out on a second channel, without confirms, which also consumes direct reply-to
+//!   (RabbitMQ requires both on the same channel). Replies are matched to waiting requests by
+//!   correlation id through a map; see [`PendingReplies`].
+//!
+//! The supervisor publishes the current channels through a `watch`; while there are none (broker
+//! down, reconnecting) every request is answered `503` at once instead of hanging.
+
+use futures_util::StreamExt;
+use kv_protocol::{DIRECT_REPLY_TO, Key, Reply, Request, declare_topology};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Pause before reconnecting after a working link dropped (the connect loop backs off further).
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+const PERSISTENT: u8 = 2;
+
+/// Why a call through the broker did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// 503: no working connection to RabbitMQ right now, or it dropped mid-request.
+    #[error("RabbitMQ is unavailable, the request was not processed: {0}")]
+    Unavailable(String),
+    /// 503: RabbitMQ refused (nacked) or could not route the write.
+    #[error("RabbitMQ refused the write, it was not stored: {0}")]
+    Refused(String),
+    /// 503: RabbitMQ did not confirm the write within the deadline.
+    #[error("RabbitMQ did not confirm the write within {0} ms; retry it")]
+    Unconfirmed(u64),
+    /// 504: the back-server did not answer a read within the deadline.
+    #[error("No reply from the back-server within {0} ms")]
+    NoReply(u64),
+}
+
+impl BrokerError {
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            Self::NoReply(_) => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// The channels of the current connection.
+#[derive(Clone)]
+struct Link {
+    /// Counts links since start, so a failure report about an old link is not taken for the new.
+    generation: u64,
+    writes: Channel,
+    reads: Channel,
+}
+
+/// Handle used by request handlers; cheap to share behind an `Arc`.
+pub struct Broker {
+    link: watch::Receiver<Option<Link>>,
+    replies: Arc<PendingReplies>,
+    /// The generation of a link a request found broken; the supervisor then rebuilds it.
+    broken: watch::Sender<u64>,
+    queue: ShortString,
+    deadline: Duration,
+    /// The read deadline as an AMQP `expiration`, formatted once.
+    expiration: ShortString,
+}
+
+impl Broker {
+    /// Starts the supervisor that connects (and reconnects) to RabbitMQ. It runs until `shutdown`
+    /// is cancelled, then closes the connection; await the returned task to know it has.
+    pub fn start(
+        uri: AMQPUri,
+        queue: &str,
+        deadline: Duration,
+        shutdown: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let (link_sender, link) = watch::channel(None);
+        let replies = Arc::new(PendingReplies::default());
+        let broken = watch::Sender::new(0);
+        let supervisor = Supervisor {
+            uri,
+            queue: queue.to_owned(),
+            link: link_sender,
+            replies: replies.clone(),
+            broken: broken.subscribe(),
+            shutdown,
+        };
+        let task = tokio::spawn(supervisor.run());
+        let broker = Self {
+            link,
+            replies,
+            broken,
+            queue: queue.into(),
+            deadline,
+            expiration: deadline.as_millis().to_string().into(),
+        };
+        (broker, task)
+    }
+
+    /// Completes once a link to RabbitMQ is up (immediately if it already is).
+    pub fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut link = self.link.clone();
+        async move {
+            let _ = link.wait_for(Option::is_some).await;
+        }
+    }
+
+    fn current(&self) -> Result<Link, BrokerError> {
+        self.link
+            .borrow()
+            .clone()
+            .ok_or_else(|| BrokerError::Unavailable("not connected".into()))
+    }
+
+    /// Publishes a durable write and returns once RabbitMQ has confirmed it.
+    pub async fn write(&self, key: Key, value: f64) -> Result<(), BrokerError> {
+        let link = self.current()?;
+        let generation = link.generation;
+        let body = Request::Put { key, value }.to_vec();
+        let queue = self.queue.clone();
+        let properties = json_properties().with_delivery_mode(PERSISTENT);
+        // The publish and its confirm run in a task of their own so that a client hanging up
+        // or the deadline below never drops a pending confirm: lapin would keep it forever.
+        let confirm = tokio::spawn(async move {
+            let mandatory = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let writes = &link.writes;
+            writes
+                .basic_publish("".into(), queue, mandatory, &body, properties)
+                .await?
+                .await
+        });
+        let deadline_ms = self.deadline.as_millis() as u64;
+        let confirmation = match tokio::time::timeout(self.deadline, confirm).await {
+            Err(_) => return Err(BrokerError::Unconfirmed(deadline_ms)),
+            Ok(joined) => joined
+                .map_err(|err| BrokerError::Unavailable(format!("publish task failed: {err}")))?
+                .map_err(|err| self.link_failed(generation, err))?,
+        };
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Refused(format!(
+                "no queue named '{}' to route it to",
+                self.queue
+            ))),
+            Confirmation::Nack(_) => Err(BrokerError::Refused("nacked".into())),
+            Confirmation::NotRequested => Err(BrokerError::Unavailable(
+                "the write channel is not in confirm mode".into(),
+            )),
+        }
+    }
+
+    /// Asks the back-server for the value under `key` and waits for its reply until the deadline.
+    pub async fn read(&self, key: Key) -> Result<Option<f64>, BrokerError> {
+        let link = self.current()?;
+        let mut waiting = self.replies.register();
+        let properties = json_properties()
+            .with_correlation_id(waiting.id.to_string().into())
+            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_expiration(self.expiration.clone());
+        let body = Request::Get { key }.to_vec();
+        let call = async {
+            link.reads
+                .basic_publish(
+                    "".into(),
+                    self.queue.clone(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .map_err(|err| self.link_failed(link.generation, err))?;
+            waiting.reply().await
+        };
+        let reply = tokio::time::timeout(self.deadline, call)
+            .await
+            .map_err(|_| BrokerError::NoReply(self.deadline.as_millis() as u64))??;
+        Ok(match reply {
+            Reply::Found { value } => Some(value),
+            Reply::NotFound => None,
+        })
+    }
+
+    fn link_failed(&self, generation: u64, err: lapin::Error) -> BrokerError {
+        self.broken.send_replace(generation);
+        BrokerError::Unavailable(err.to_string())
+    }
+}
+
+fn json_properties() -> BasicProperties {
+    BasicProperties::default().with_content_type("application/json".into())
+}
+
+/// Reads waiting for their reply, by correlation id.
+///
+/// A plain mutex is right here: it is held for one map operation, never across an await.
+/// Correlation ids are a counter, unique for the life of the process.
+#[derive(Default)]
+struct PendingReplies {
+    next_id: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+}
+
+impl PendingReplies {
+    fn register(&self) -> Waiting<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        self.lock().insert(id, sender);
+        Waiting {
+            replies: self,
+            id,
+            receiver,
+        }
+    }
+
+    /// Hands a reply to its waiting request; a reply nobody waits for any more (its request
+    /// timed out or was abandoned) is dropped.
+    fn complete(&self, correlation_id: &str, reply: Reply) {
+        let sender = correlation_id
+            .parse()
+            .ok()
+            .and_then(|id| self.lock().remove(&id));
+        match sender {
+            Some(sender) => {
+                let _ = sender.send(reply);
+            }
+            None => tracing::debug!(correlation_id, "dropping a reply nobody waits for"),
+        }
+    }
+
+    /// Ends every waiting read with "unavailable": their replies can no longer arrive.
+    fn abandon_all(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One registered read; deregisters itself when dropped, whether it got its reply or not.
+struct Waiting<'a> {
+    replies: &'a PendingReplies,
+    id: u64,
+    receiver: oneshot::Receiver<Reply>,
+}
+
+impl Waiting<'_> {
+    async fn reply(&mut self) -> Result<Reply, BrokerError> {
+        (&mut self.receiver).await.map_err(|_| {
+            BrokerError::Unavailable("the RabbitMQ link dropped before the reply".into())
+        })
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.replies.lock().remove(&self.id);
+    }
+}
+
+/// Owns the connection: connects, opens the channels, routes replies, and starts over when
+/// anything in the link breaks.
+struct Supervisor {
+    uri: AMQPUri,
+    queue: String,
+    link: watch::Sender<Option<Link>>,
+    replies: Arc<PendingReplies>,
+    broken: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let mut generation = 0;
+        while let Some(connection) =
+            kv_protocol::connect_with_backoff(&self.uri, "front-server", &self.shutdown).await
+        {
+            generation += 1;
+            match open_link(&connection, &self.queue, generation).await {
+                Ok((link, replies)) => {
+                    self.link.send_replace(Some(link));
+                    tracing::info!(queue = %self.queue, "ready: publishing to RabbitMQ");
+                    let lost = self.route_replies(replies, generation).await;
+                    let link = self.link.send_replace(None);
+                    self.replies.abandon_all();
+                    match lost {
+                        None => {
+                            // Channels first, so that closing the connection does not race them.
+                            if let Some(Link { writes, reads, .. }) = link {
+                                let _ =
+                                    writes.close(200, "front-server shutting down".into()).await;
+                                let _ = reads.close(200, "front-server shutting down".into()).await;
+                            }
+                            let _ = connection
+                                .close(200, "front-server shutting down".into())
+                                .await;
+                            tracing::info!("closed the RabbitMQ connection");
+                            return;
+                        }
+                        Some(reason) => {
+                            tracing::warn!(%reason, "lost the RabbitMQ link; reconnecting")
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "cannot set up the RabbitMQ link; reconnecting"),
+            }
+            let _ = connection
+                .close(200, "front-server reconnecting".into())
+                .await;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
+            }
+        }
+    }
+
+    /// Delivers replies to waiting reads until the link breaks (returns why) or shutdown (`None`).
+    async fn route_replies(&mut self, mut replies: Consumer, generation: u64) -> Option<String> {
+        let mut broken = self.broken.clone();
+        loop {
+            let delivery = tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                _ = broken.wait_for(|broken| *broken == generation) => {
+                    return Some("a request found a channel closed".into());
+                }
+                next = replies.next() => match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(err)) => return Some(err.to_string()),
+                    None => return Some("the reply consumer was cancelled".into()),
+                },
+            };
+            let correlation_id = delivery.properties.correlation_id().as_ref();
+            match (correlation_id, Reply::from_slice(&delivery.data)) {
+                (Some(id), Ok(reply)) => self.replies.complete(id.as_str(), reply),
+                (_, Err(err)) => tracing::warn!(%err, "ignoring a malformed reply"),
+                (None, Ok(_)) => tracing::warn!("ignoring a reply without correlation id"),
+            }
+        }
+    }
+}
+
+async fn open_link(
+    connection: &Connection,
+    queue: &str,
+    generation: u64,
+) -> lapin::Result<(Link, Consumer)> {
+    let writes = connection.create_channel().await?;
+    declare_topology(&writes, queue).await?;
+    writes
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let reads = connection.create_channel().await?;
+    // Direct reply-to must be consumed in no-ack mode, before the first read is published.
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    let replies = reads
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            "replies".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((
+        Link {
+            generation,
+            writes,
+            reads,
+        },
+        replies,
+    ))
+}

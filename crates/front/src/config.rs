@@ -1,0 +1,42 @@
+//! The front-server's settings; `front-server --help` prints them with their defaults.
+
+use clap::Parser;
+use kv_protocol::AmqpSettings;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// HTTP front of the key-value store: validates requests and passes them through RabbitMQ.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "front-server", version)]
+pub struct Config {
+    /// Optional YAML file of settings (`name: value`); flags and environment variables win over it.
+    #[arg(long, env = "CONFIG_FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+
+    /// Address and port the HTTP server listens on (port 0 picks a free one).
+    #[arg(
+        long = "listen",
+        env = "FRONT_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Deadline for RabbitMQ's confirm of a write and the back-server's reply to a read, in ms.
+    #[arg(long, env = "RPC_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub rpc_timeout_ms: u64,
+
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
+    pub body_limit_bytes: usize,
+}
+
+impl Config {
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.rpc_timeout_ms)
+    }
+}

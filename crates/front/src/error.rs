@@ -1,0 +1,86 @@
+//! Every way a request can fail, and the JSON answer each one gets. Handlers return
+//! `Result<_, ApiError>`, so no failure can escape as a non-JSON body.
+
+use crate::broker::BrokerError;
+use axum::Json;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kv_protocol::Key;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 415: a POST whose `Content-Type` is missing or not `application/json`.
+    #[error("Invalid Content-Type, must be 'application/json'")]
+    UnsupportedMediaType,
+    /// 400: a POST body that is not JSON.
+    #[error("Incorrect input data format, must be JSON")]
+    NotJson,
+    /// 400: JSON that is not exactly one `"key": number` pair with a valid key.
+    #[error("Acceptable only one pair key:value in JSON format, value must be a number")]
+    BadPair,
+    /// 400: a GET whose query is not exactly one valid `key` parameter.
+    #[error("Acceptable one parameter named 'key'")]
+    BadQuery,
+    /// 413: a body over the configured limit.
+    #[error("Request body too large, the limit is {0} bytes")]
+    TooLarge(usize),
+    /// 404: a read of a key that has no value.
+    #[error("Value for key '{0}' not found")]
+    KeyNotFound(Key),
+    /// 404: a path we do not serve.
+    #[error("Not found: {0}")]
+    NoRoute(String),
+    /// 405: a known path with a method it does not accept.
+    #[error("Method {0} not allowed on this path")]
+    MethodNotAllowed(Method),
+    /// 503 or 504, as [`BrokerError::status`] says.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// 500: a bug or an unforeseen failure; details go to the log, not to the client.
+    #[error("Internal server error")]
+    Unexpected(#[source] anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct Failure<'a> {
+    success: bool,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotJson | Self::BadPair | Self::BadQuery => StatusCode::BAD_REQUEST,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::KeyNotFound(_) | Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Broker(err) => err.status(),
+            Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        // The client's mistakes are not ours to log; our failures are, with their cause.
+        match &self {
+            Self::Unexpected(cause) => {
+                tracing::error!(error = %format!("{cause:#}"), "request failed")
+            }
+            Self::Broker(err) => tracing::warn!(%err, "request failed"),
+            _ => {}
+        }
+        let message = self.to_string();
+        (
+            status,
+            Json(Failure {
+                success: false,
+                message: &message,
+            }),
+        )
+            .into_response()
+    }
+}

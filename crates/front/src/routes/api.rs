@@ -1,0 +1,291 @@
+//! `POST /api` and `GET /api?key=K`: their inputs, parsed once into types that cannot be
+//! invalid ([`NewPair`], [`Key`]), and their handlers.
+
+use super::AppState;
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{FromRequest, RawQuery, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use axum::{Json, Router};
+use kv_protocol::Key;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::fmt;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api", get(read).post(write))
+}
+
+#[derive(Serialize)]
+struct Success<T> {
+    success: bool,
+    data: T,
+}
+
+fn success<T>(data: T) -> Json<Success<T>> {
+    Json(Success {
+        success: true,
+        data,
+    })
+}
+
+async fn write(
+    State(state): State<AppState>,
+    NewPair { key, value }: NewPair,
+) -> Result<Json<Success<String>>, ApiError> {
+    let sentence = format!("Value {value} stored for key '{key}'");
+    state.broker.write(key, value).await?;
+    Ok(success(sentence))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Success<f64>>, ApiError> {
+    let key = parse_key_query(query.as_deref())?;
+    match state.broker.read(key.clone()).await? {
+        Some(value) => Ok(success(value)),
+        None => Err(ApiError::KeyNotFound(key)),
+    }
+}
+
+/// The query of a read: exactly one parameter, named `key`, holding a valid [`Key`].
+fn parse_key_query(query: Option<&str>) -> Result<Key, ApiError> {
+    let mut parameters = form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+    match (parameters.next(), parameters.next()) {
+        (Some((name, value)), None) if name == "key" => {
+            Key::parse(value.into_owned()).map_err(|_| ApiError::BadQuery)
+        }
+        _ => Err(ApiError::BadQuery),
+    }
+}
+
+/// The body of a write: a JSON object with exactly one member, whose name is a valid [`Key`]
+/// and whose value is a JSON number that fits an `f64`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPair {
+    pub key: Key,
+    pub value: f64,
+}
+
+impl NewPair {
+    /// Tells apart "not JSON at all" from "JSON of the wrong shape", as the contract's messages
+    /// do: the first pass only checks syntax, the second the shape.
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let json: &RawValue = serde_json::from_slice(body).map_err(|_| ApiError::NotJson)?;
+        serde_json::from_str(json.get()).map_err(|_| ApiError::BadPair)
+    }
+}
+
+impl<'de> Deserialize<'de> for NewPair {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(PairVisitor)
+    }
+}
+
+/// Reads the object member by member, so that a duplicated name counts as a second member
+/// (a map type would silently keep only the last one).
+struct PairVisitor;
+
+impl<'de> Visitor<'de> for PairVisitor {
+    type Value = NewPair;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("an object with exactly one key and a number")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NewPair, A::Error> {
+        let key: String = map
+            .next_key()?
+            .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+        // serde_json::Number accepts JSON numbers only: not `true`, `"25"`, `null` or `[1]`.
+        let number: serde_json::Number = map.next_value()?;
+        if map.next_key::<IgnoredAny>()?.is_some() {
+            return Err(de::Error::invalid_length(2, &self));
+        }
+        let key = Key::parse(key).map_err(de::Error::custom)?;
+        let value = number
+            .as_f64()
+            .filter(|value| value.is_finite())
+            .ok_or_else(|| de::Error::custom("the number does not fit a 64-bit float"))?;
+        Ok(NewPair { key, value })
+    }
+}
+
+impl FromRequest<AppState> for NewPair {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !has_json_content_type(&request) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let body =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection {
+                    BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                        ApiError::TooLarge(state.body_limit)
+                    }
+                    _ => ApiError::NotJson,
+                })?;
+        Self::parse(&body)
+    }
+}
+
+/// `application/json`, in any case, with or without parameters such as `; charset=utf-8`.
+fn has_json_content_type(request: &Request) -> bool {
+    let Some(value) = request.headers().get(CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(body: &str) -> Result<NewPair, ApiError> {
+        NewPair::parse(body.as_bytes())
+    }
+
+    fn pair(key: &str, value: f64) -> NewPair {
+        NewPair {
+            key: Key::parse(key).unwrap(),
+            value,
+        }
+    }
+
+    #[test]
+    fn one_pair_with_a_number_is_accepted() {
+        assert_eq!(
+            parse(r#"{"temperature": 25}"#).unwrap(),
+            pair("temperature", 25.0)
+        );
+        assert_eq!(parse(r#" {"k":-1.5e-3} "#).unwrap(), pair("k", -0.0015));
+        assert_eq!(parse(r#"{"ключ":0}"#).unwrap(), pair("ключ", 0.0));
+        assert_eq!(
+            parse(r#"{"k":18446744073709551616}"#).unwrap(),
+            pair("k", 2f64.powi(64))
+        );
+    }
+
+    #[test]
+    fn bodies_that_are_not_json_are_told_apart_from_wrong_shapes() {
+        for body in [
+            "",
+            "{",
+            "key=1",
+            "{'k': 1}",
+            "{\"k\": NaN}",
+            "{\"k\": 1} x",
+            "\u{feff}{}",
+        ] {
+            assert!(matches!(parse(body), Err(ApiError::NotJson)), "{body:?}");
+        }
+        assert!(matches!(
+            NewPair::parse(b"{\"k\": \xff1}"),
+            Err(ApiError::NotJson)
+        ));
+    }
+
+    #[test]
+    fn json_of_the_wrong_shape_is_rejected() {
+        let long_key = format!(r#"{{"{}": 1}}"#, "k".repeat(257));
+        let bodies = [
+            "{}",
+            "[1]",
+            "1",
+            "\"k\"",
+            "null",
+            r#"{"k": true}"#,
+            r#"{"k": "25"}"#,
+            r#"{"k": null}"#,
+            r#"{"k": [1]}"#,
+            r#"{"k": {"n": 1}}"#,
+            r#"{"a": 1, "b": 2}"#,
+            r#"{"a": 1, "a": 2}"#,
+            r#"{"": 1}"#,
+            r#"{"k": 1e400}"#,
+            r#"{"k": -1e400}"#,
+            &long_key,
+        ];
+        for body in bodies {
+            assert!(matches!(parse(body), Err(ApiError::BadPair)), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_of_exactly_256_bytes_is_accepted() {
+        let body = format!(r#"{{"{}": 1}}"#, "é".repeat(128));
+        assert!(parse(&body).is_ok());
+    }
+
+    #[test]
+    fn the_read_query_must_be_exactly_one_key() {
+        assert_eq!(parse_key_query(Some("key=abc")).unwrap().as_str(), "abc");
+        assert_eq!(
+            parse_key_query(Some("key=a%20b%2Bc")).unwrap().as_str(),
+            "a b+c"
+        );
+        assert_eq!(parse_key_query(Some("key=%D0%BA")).unwrap().as_str(), "к");
+        let long = format!("key={}", "k".repeat(257));
+        for query in [
+            None,
+            Some(""),
+            Some("key="),
+            Some("key"),
+            Some("name=a"),
+            Some("key=a&key=b"),
+            Some("key=a&other=b"),
+            Some("KEY=a"),
+            Some(long.as_str()),
+        ] {
+            assert!(
+                matches!(parse_key_query(query), Err(ApiError::BadQuery)),
+                "{query:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn no_body_makes_the_parser_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = NewPair::parse(&body);
+        }
+
+        #[test]
+        fn no_json_like_text_makes_the_parser_panic(body in r#"[\{\}\[\]":,0-9eE.+\- a-z\\]{0,64}"#) {
+            let _ = parse(&body);
+        }
+
+        #[test]
+        fn no_query_makes_the_query_parser_panic(query in ".{0,300}") {
+            let _ = parse_key_query(Some(&query));
+        }
+
+        #[test]
+        fn every_valid_pair_round_trips(key in "\\PC{1,64}", value in any::<f64>().prop_filter("finite", |v| v.is_finite())) {
+            prop_assume!(key.len() <= kv_protocol::MAX_KEY_BYTES);
+            let body = serde_json::json!({ key.clone(): value }).to_string();
+            let parsed = NewPair::parse(body.as_bytes()).unwrap();
+            prop_assert_eq!(parsed.key.as_str(), key.as_str());
+            prop_assert_eq!(parsed.value, value);
+        }
+
+        #[test]
+        fn every_valid_key_round_trips_through_a_query(key in "\\PC{1,64}") {
+            prop_assume!(key.len() <= kv_protocol::MAX_KEY_BYTES);
+            let query: String = form_urlencoded::Serializer::new(String::new()).append_pair("key", &key).finish();
+            let parsed = parse_key_query(Some(&query)).unwrap();
+            prop_assert_eq!(parsed.as_str(), key.as_str());
+        }
+    }
+}

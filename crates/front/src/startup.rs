@@ -1,0 +1,82 @@
+//! Wiring and lifecycle: bind, start the broker supervisor, serve until shutdown, then close the
+//! AMQP connection. `main` and the tests both run exactly this.
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::routes::{AppState, router};
+use anyhow::Context;
+use axum::Router;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    broker: Arc<Broker>,
+    broker_task: JoinHandle<()>,
+    broker_shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Binds the listener and starts connecting to RabbitMQ in the background: requests that
+    /// arrive before the broker is reachable get `503` rather than waiting.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let uri = config.amqp.uri()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen on {}", config.listen))?;
+        let broker_shutdown = CancellationToken::new();
+        let (broker, broker_task) = Broker::start(
+            uri,
+            &config.amqp.queue,
+            config.rpc_timeout(),
+            broker_shutdown.clone(),
+        );
+        let broker = Arc::new(broker);
+        let state = AppState {
+            broker: broker.clone(),
+            body_limit: config.body_limit_bytes,
+        };
+        let application = Self {
+            listener,
+            router: router(state),
+            broker,
+            broker_task,
+            broker_shutdown,
+        };
+        tracing::info!(address = %application.local_addr(), "listening");
+        Ok(application)
+    }
+
+    /// The bound address; with port 0 in the settings this is where to find the server.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Completes once the broker link is up.
+    pub fn ready(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.broker.ready()
+    }
+
+    /// Serves until `shutdown` completes, lets requests in flight finish, then closes the AMQP
+    /// connection.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serve HTTP")?;
+        self.broker_shutdown.cancel();
+        let _ = self.broker_task.await;
+        tracing::info!("front-server stopped");
+        Ok(())
+    }
+}
