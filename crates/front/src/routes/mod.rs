@@ -40,3 +40,37 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
         .unwrap_or("unknown panic");
     ApiError::Unexpected(anyhow::anyhow!("handler panicked: {message}")).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_json_500_without_details() {
+        async fn buggy() -> &'static str {
+            panic!("secret internals")
+        }
+        let app = Router::new()
+            .route("/", get(buggy))
+            .layer(CatchPanicLayer::custom(panic_response));
+
+        let response = app
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"success": false, "message": "Internal server error"})
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! CONTRACT guarantee 6: a message the back-server cannot parse is kept in `<KV_QUEUE>.dead`
+//! with the reason, and the queue goes on.
+
+use crate::helpers::{PATIENCE, json, spawn_app};
+use lapin::BasicProperties;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::AMQPValue;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn a_malformed_message_is_dead_lettered_and_the_next_write_is_applied() {
+    let app = spawn_app().await;
+    let (connection, channel) = app.broker().await;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+    for body in [
+        &b"not json at all"[..],
+        br#"{"op":"put","key":"","value":1}"#,
+    ] {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                app.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                persistent.clone(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+
+    app.put("after", 5.0).await;
+    app.wait_for_db_value("after", 5.0).await;
+
+    let dead = kv_protocol::dead_letter_queue(&app.queue);
+    let started = Instant::now();
+    let mut kept = Vec::new();
+    while kept.len() < 2 {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "only {} dead-lettered",
+            kept.len()
+        );
+        match channel
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(message) => kept.push(message.delivery),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(kept[0].data, b"not json at all");
+    assert_eq!(kept[1].data, br#"{"op":"put","key":"","value":1}"#);
+    let headers = kept[0].properties.headers().clone().expect("headers");
+    let reason = headers
+        .inner()
+        .get(kv_protocol::DEAD_REASON_HEADER)
+        .expect("a reason");
+    assert!(
+        matches!(reason, AMQPValue::LongString(text) if text.to_string().contains("unparseable"))
+    );
+    assert_eq!(app.messages_in(&app.queue).await, 0);
+    let (status, _) = json(app.get_key("after").await).await;
+    assert_eq!(status, 200);
+    let _ = connection.close(200, "done".into()).await;
+    app.shutdown().await;
+}

@@ -1,0 +1,334 @@
+//! `spawn_app()` and the `TestApp` it returns: both servers on a fresh queue and database, with
+//! request helpers and direct looks into SQLite and RabbitMQ.
+
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for a condition before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A queue name no other test or concurrent run uses.
+pub fn unique_queue() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "kv.test.{}.{nanos}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub struct Options {
+    pub back_server: bool,
+    pub rpc_timeout_ms: u64,
+    pub amqp_url: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            back_server: true,
+            rpc_timeout_ms: 5000,
+            amqp_url: amqp_url(),
+        }
+    }
+}
+
+/// A server running in this process, and the way to stop it as SIGTERM would.
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let result = tokio::time::timeout(PATIENCE, self.task).await;
+        result
+            .expect("the server stops in time")
+            .expect("no panic")
+            .expect("a clean stop");
+    }
+}
+
+fn stop_signal() -> (
+    oneshot::Sender<()>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    (stop, async move {
+        let _ = stopped.await;
+    })
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub queue: String,
+    pub db_path: PathBuf,
+    amqp_url: String,
+    front: Option<Running>,
+    back: Option<Running>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = unique_queue();
+    let config = front_server::Config {
+        config: None,
+        amqp: kv_protocol::AmqpSettings {
+            amqp_url: options.amqp_url.clone(),
+            queue: queue.clone(),
+        },
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rpc_timeout_ms: options.rpc_timeout_ms,
+        body_limit_bytes: 64 * 1024,
+    };
+    let front = front_server::Application::build(config)
+        .await
+        .expect("front-server builds");
+    let address = format!("http://{}", front.local_addr());
+    let ready = front.ready();
+    let (stop, stopped) = stop_signal();
+    let task = tokio::spawn(front.run_until_stopped(stopped));
+    let mut app = TestApp {
+        address,
+        client: reqwest::Client::new(),
+        queue,
+        db_path: dir.path().join("kv.db"),
+        amqp_url: options.amqp_url,
+        front: Some(Running { stop, task }),
+        back: None,
+        _dir: dir,
+    };
+    if options.back_server {
+        app.start_back().await;
+    }
+    if app.amqp_url == amqp_url() {
+        tokio::time::timeout(PATIENCE, ready)
+            .await
+            .expect("the front-server reaches RabbitMQ");
+    }
+    app
+}
+
+impl TestApp {
+    pub async fn start_back(&mut self) {
+        assert!(self.back.is_none(), "the back-server already runs");
+        let config = back_server::Config {
+            config: None,
+            amqp: kv_protocol::AmqpSettings {
+                amqp_url: self.amqp_url.clone(),
+                queue: self.queue.clone(),
+            },
+            db_path: self.db_path.clone(),
+            prefetch: 64,
+        };
+        let back = back_server::Application::build(config)
+            .await
+            .expect("back-server builds");
+        let (stop, stopped) = stop_signal();
+        let task = tokio::spawn(back.run_until_stopped(stopped));
+        self.back = Some(Running { stop, task });
+    }
+
+    pub async fn stop_back(&mut self) {
+        self.back.take().expect("the back-server runs").stop().await;
+    }
+
+    /// Stops the front-server as SIGTERM would, without waiting for it to finish.
+    pub fn signal_front(&mut self) -> impl Future<Output = ()> + use<> {
+        let running = self.front.take().expect("the front-server runs");
+        let _ = running.stop.send(());
+        async move {
+            let result = tokio::time::timeout(PATIENCE, running.task).await;
+            result
+                .expect("the server stops in time")
+                .expect("no panic")
+                .expect("a clean stop");
+        }
+    }
+
+    pub async fn post_json(&self, body: &str) -> reqwest::Response {
+        self.post(Some("application/json"), body).await
+    }
+
+    pub async fn post(&self, content_type: Option<&str>, body: &str) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/api", self.address))
+            .body(body.to_owned());
+        if let Some(content_type) = content_type {
+            request = request.header("Content-Type", content_type);
+        }
+        request.send().await.expect("POST /api is answered")
+    }
+
+    pub async fn put(&self, key: &str, value: f64) {
+        let body = serde_json::json!({ key: value }).to_string();
+        let response = self.post_json(&body).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "{body} → {}",
+            response.text().await.unwrap()
+        );
+    }
+
+    /// `GET /api?key=…`, with the key percent-encoded.
+    pub async fn get_key(&self, key: &str) -> reqwest::Response {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("key", key)
+            .finish();
+        self.get_raw(&format!("/api?{query}")).await
+    }
+
+    pub async fn get_raw(&self, path_and_query: &str) -> reqwest::Response {
+        let url = format!("{}{path_and_query}", self.address);
+        self.client.get(url).send().await.expect("GET is answered")
+    }
+
+    /// The value SQLite holds for `key`, read straight from the database file.
+    pub fn db_value(&self, key: &str) -> Option<f64> {
+        let connection = rusqlite::Connection::open_with_flags(
+            &self.db_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open the database");
+        let mut statement = connection
+            .prepare("SELECT value FROM kv WHERE key = ?1")
+            .unwrap();
+        let mut rows = statement.query([key]).unwrap();
+        rows.next().unwrap().map(|row| row.get(0).unwrap())
+    }
+
+    pub fn db_row_count(&self) -> i64 {
+        let connection = rusqlite::Connection::open(&self.db_path).unwrap();
+        connection
+            .query_row("SELECT count(*) FROM kv", [], |row| row.get(0))
+            .unwrap()
+    }
+
+    /// Waits until SQLite holds `expected` for `key`.
+    pub async fn wait_for_db_value(&self, key: &str, expected: f64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.db_value(key) != Some(expected) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key} never became {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A channel on a connection of the test's own, for looking into the queues.
+    pub async fn broker(&self) -> (Connection, lapin::Channel) {
+        let connection = Connection::connect(&self.amqp_url, ConnectionProperties::default())
+            .await
+            .expect("the test reaches RabbitMQ");
+        let channel = connection.create_channel().await.unwrap();
+        (connection, channel)
+    }
+
+    /// How many messages wait in `queue` (ready, not yet delivered to a consumer).
+    pub async fn messages_in(&self, queue: &str) -> u32 {
+        let (connection, channel) = self.broker().await;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await;
+        let count = declared.expect("the queue exists").message_count();
+        let _ = connection.close(200, "done".into()).await;
+        count
+    }
+
+    /// Stops both servers cleanly (checking they do) and deletes the test's queues.
+    pub async fn shutdown(mut self) {
+        if let Some(front) = self.front.take() {
+            front.stop().await;
+        }
+        if let Some(back) = self.back.take() {
+            back.stop().await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    /// Runs on success and on panic alike, so no test leaves queues behind on the shared broker.
+    fn drop(&mut self) {
+        if let Some(front) = self.front.take() {
+            front.task.abort();
+        }
+        if let Some(back) = self.back.take() {
+            back.task.abort();
+        }
+        let url = self.amqp_url.clone();
+        let queues = [
+            self.queue.clone(),
+            kv_protocol::dead_letter_queue(&self.queue),
+        ];
+        // Drop cannot await, and may run inside a runtime: use a thread with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let Ok(connection) =
+                    Connection::connect(&url, ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                if let Ok(channel) = connection.create_channel().await {
+                    for queue in queues {
+                        let _ = channel
+                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                }
+                let _ = connection.close(200, "test done".into()).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// The body of a response, parsed, with its status.
+pub async fn json(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    (status, body)
+}
+
+/// Asserts a failure answer: its status and the contract's exact message.
+pub async fn assert_failure(response: reqwest::Response, status: u16, message: &str) {
+    let (actual, body) = json(response).await;
+    assert_eq!(
+        (actual, &body["success"]),
+        (status, &serde_json::json!(false)),
+        "{body}"
+    );
+    assert_eq!(body["message"], message, "{body}");
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real front-server and back-server, in process, talking through the real
+//! RabbitMQ at `AMQP_URL` (default: the local broker), each test on its own queue and database.
+
+mod back_down;
+mod consistency;
+mod dead_letter;
+mod errors;
+mod helpers;
+mod process;
+mod read_write;

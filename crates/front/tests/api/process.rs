@@ -1,0 +1,91 @@
+//! The real binaries: `--help` documents every setting, and a server started without a broker
+//! keeps retrying without ever printing the AMQP password.
+
+use clap::CommandFactory;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn help_of(binary: &str) -> String {
+    let output = Command::new(binary)
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn help_lists_every_setting_with_its_variable_and_default() {
+    let front = help_of(env!("CARGO_BIN_EXE_front-server"));
+    for expected in [
+        "AMQP_URL",
+        "KV_QUEUE",
+        "kv.requests",
+        "FRONT_LISTEN",
+        "127.0.0.1:8080",
+        "RPC_TIMEOUT_MS",
+        "5000",
+        "BODY_LIMIT_BYTES",
+        "65536",
+        "CONFIG_FILE",
+    ] {
+        assert!(
+            front.contains(expected),
+            "front-server --help lacks {expected}:\n{front}"
+        );
+    }
+    // The back-server's binary is another package's; its --help is this same clap command.
+    let back = back_server::Config::command()
+        .render_long_help()
+        .to_string();
+    for expected in [
+        "AMQP_URL",
+        "KV_QUEUE",
+        "DB_PATH",
+        "kv.db",
+        "PREFETCH",
+        "256",
+        "CONFIG_FILE",
+    ] {
+        assert!(
+            back.contains(expected),
+            "back-server --help lacks {expected}:\n{back}"
+        );
+    }
+}
+
+#[test]
+fn a_server_without_a_broker_retries_and_never_logs_the_password() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_front-server"))
+        .env("AMQP_URL", "amqp://alice:hunter2@127.0.0.1:1/%2f")
+        .env("FRONT_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start front-server");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = Instant::now();
+    let mut log = String::new();
+    let mut retries = 0;
+    while retries < 3 && started.elapsed() < Duration::from_secs(20) {
+        let line = lines.next().expect("the server keeps logging").unwrap();
+        retries += usize::from(line.contains("cannot connect to RabbitMQ"));
+        log.push_str(&line);
+        log.push('\n');
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert!(
+        still_running,
+        "the server exited instead of retrying:\n{log}"
+    );
+    assert_eq!(retries, 3, "{log}");
+    assert!(
+        log.contains("alice@127.0.0.1:1"),
+        "the log should say where it connects:\n{log}"
+    );
+    assert!(!log.contains("hunter2"), "the password leaked:\n{log}");
+}
