@@ -281,6 +281,23 @@ mod tests {
         }
 
         #[test]
+        fn every_accepted_body_round_trips(
+            key in "\\PC{1,16}",
+            literal in r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE][+-]?[0-9]{1,3})?",
+        ) {
+            let body = format!("{{{}: {literal}}}", serde_json::to_string(&key).unwrap());
+            if let Ok(parsed) = NewPair::parse(body.as_bytes()) {
+                // What the front forwards is its own serialization; it must parse to the same pair.
+                let forwarded = serde_json::json!({ parsed.key.as_str(): parsed.value }).to_string();
+                let reparsed = NewPair::parse(forwarded.as_bytes()).unwrap();
+                prop_assert_eq!(reparsed.key, parsed.key);
+                prop_assert_eq!(reparsed.value.to_bits(), parsed.value.to_bits());
+                // And the value is the literal's nearest double, as Rust's exact parser reads it.
+                prop_assert_eq!(parsed.value, literal.parse::<f64>().unwrap());
+            }
+        }
+
+        #[test]
         fn every_valid_key_round_trips_through_a_query(key in "\\PC{1,64}") {
             prop_assume!(key.len() <= kv_protocol::MAX_KEY_BYTES);
             let query: String = form_urlencoded::Serializer::new(String::new()).append_pair("key", &key).finish();

@@ -149,6 +149,7 @@ async fn with_the_broker_unreachable_requests_get_503_at_once() {
     let options = Options {
         amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
         back_server: false,
+        wait_for_broker: false,
         ..Options::default()
     };
     let app = spawn_app_with(options).await;

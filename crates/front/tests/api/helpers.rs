@@ -33,6 +33,8 @@ pub fn unique_queue() -> String {
 
 pub struct Options {
     pub back_server: bool,
+    /// Wait until the front-server has reached RabbitMQ before returning.
+    pub wait_for_broker: bool,
     pub rpc_timeout_ms: u64,
     pub amqp_url: String,
 }
@@ -41,6 +43,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             back_server: true,
+            wait_for_broker: true,
             rpc_timeout_ms: 5000,
             amqp_url: amqp_url(),
         }
@@ -122,7 +125,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if options.back_server {
         app.start_back().await;
     }
-    if app.amqp_url == amqp_url() {
+    if options.wait_for_broker {
         tokio::time::timeout(PATIENCE, ready)
             .await
             .expect("the front-server reaches RabbitMQ");
