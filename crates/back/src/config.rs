@@ -9,17 +9,17 @@ use std::path::PathBuf;
 #[command(name = "back-server", version)]
 pub struct Config {
     /// Optional YAML file of settings (`name: value`); flags and environment variables win over it.
-    #[arg(long, env = "CONFIG_FILE")]
+    #[arg(long, env = "CONFIG_FILE", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     #[command(flatten)]
     pub amqp: AmqpSettings,
 
     /// SQLite database file; created, with its table, if missing.
-    #[arg(long, env = "DB_PATH", default_value = "kv.db")]
+    #[arg(long, env = "DB_PATH", value_name = "FILE", default_value = "kv.db")]
     pub db_path: PathBuf,
 
     /// How many unacknowledged messages RabbitMQ may hand the back-server at once.
-    #[arg(long, env = "PREFETCH", default_value_t = 256)]
+    #[arg(long, env = "PREFETCH", value_name = "COUNT", default_value_t = 256)]
     pub prefetch: u16,
 }

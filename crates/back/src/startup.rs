@@ -72,7 +72,7 @@ impl Application {
                     return Ok(());
                 }
                 Err(err) => {
-                    tracing::warn!(error = %format!("{err:#}"), "lost the RabbitMQ link; reconnecting");
+                    tracing::warn!(error = %err, "lost the RabbitMQ link; reconnecting");
                     let _ = connection
                         .close(200, "back-server reconnecting".into())
                         .await;

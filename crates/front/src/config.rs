@@ -11,7 +11,7 @@ use std::time::Duration;
 #[command(name = "front-server", version)]
 pub struct Config {
     /// Optional YAML file of settings (`name: value`); flags and environment variables win over it.
-    #[arg(long, env = "CONFIG_FILE")]
+    #[arg(long, env = "CONFIG_FILE", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     #[command(flatten)]
@@ -21,17 +21,18 @@ pub struct Config {
     #[arg(
         long = "listen",
         env = "FRONT_LISTEN",
+        value_name = "ADDR",
         default_value = "127.0.0.1:8080"
     )]
     pub listen: SocketAddr,
 
     /// Deadline for RabbitMQ's confirm of a write and the back-server's reply to a read, in ms.
-    #[arg(long, env = "RPC_TIMEOUT_MS", default_value_t = 5000,
+    #[arg(long, env = "RPC_TIMEOUT_MS", value_name = "MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub rpc_timeout_ms: u64,
 
     /// Largest request body accepted, in bytes; larger ones get 413.
-    #[arg(long, env = "BODY_LIMIT_BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, env = "BODY_LIMIT_BYTES", value_name = "BYTES", default_value_t = 64 * 1024)]
     pub body_limit_bytes: usize,
 }
 

@@ -14,13 +14,19 @@ pub struct AmqpSettings {
     #[arg(
         long,
         env = "AMQP_URL",
+        value_name = "URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true
     )]
     pub amqp_url: String,
 
     /// Durable queue that carries writes and reads; `<KV_QUEUE>.dead` keeps unparseable messages.
-    #[arg(long = "queue", env = "KV_QUEUE", default_value = "kv.requests")]
+    #[arg(
+        long = "queue",
+        env = "KV_QUEUE",
+        value_name = "NAME",
+        default_value = "kv.requests"
+    )]
     pub queue: String,
 }
 

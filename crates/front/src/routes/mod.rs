@@ -27,7 +27,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(fallback::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
+        // ApiError logs our failures once, with their cause; the trace layer need not repeat it.
+        .layer(TraceLayer::new_for_http().on_failure(()))
         .with_state(state)
 }
 
