@@ -57,12 +57,19 @@ wait_for_broker() {
     done
 }
 
+# Debian installs it in /usr/sbin, which a normal user's PATH often lacks.
+rabbitmq_server_bin() {
+    command -v rabbitmq-server 2>/dev/null || { [ -x /usr/sbin/rabbitmq-server ] && echo /usr/sbin/rabbitmq-server; }
+}
+
 start_rabbitmq() {
-    say "starting RabbitMQ (rabbitmq-server -detached)"
+    local bin
+    bin="$(rabbitmq_server_bin)"
+    say "starting RabbitMQ ($bin -detached)"
     if is_root || [ "$(id -un)" = rabbitmq ]; then
-        rabbitmq-server -detached >/dev/null 2>&1 || true
+        "$bin" -detached >/dev/null 2>&1 || true
     elif command -v sudo >/dev/null 2>&1; then
-        sudo rabbitmq-server -detached >/dev/null 2>&1 || true
+        sudo "$bin" -detached >/dev/null 2>&1 || true
     else
         die "RabbitMQ is installed but not running, and starting it needs root: sudo rabbitmq-server -detached"
     fi
@@ -81,7 +88,7 @@ ensure_rabbitmq() {
         127.0.0.1 | localhost | ::1 | "[::1]") ;;
         *) die "AMQP_URL points at $AMQP_HOST:$AMQP_PORT, which does not answer. Start that broker, or unset AMQP_URL to use a local one." ;;
     esac
-    if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    if [ -z "$(rabbitmq_server_bin)" ]; then
         if is_root && command -v apt-get >/dev/null 2>&1; then
             apt_install rabbitmq-server
             # The package may have started it already (systemd); if so we are done.
