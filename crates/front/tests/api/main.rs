@@ -6,5 +6,6 @@ mod consistency;
 mod dead_letter;
 mod errors;
 mod helpers;
+mod late_reply;
 mod process;
 mod read_write;

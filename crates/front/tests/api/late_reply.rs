@@ -1,0 +1,75 @@
+//! A reply that arrives after its read's deadline is dropped quietly: it is never handed to a
+//! later read, and the front-server goes on serving.
+
+use crate::helpers::{Options, json, spawn_app_with};
+use futures_util::StreamExt;
+use kv_protocol::{Reply, Request};
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
+use lapin::types::FieldTable;
+use tokio::sync::oneshot;
+
+#[tokio::test]
+async fn a_reply_after_the_deadline_is_not_taken_for_a_later_read() {
+    // A stand-in back-server on the real queue, slow on purpose for the first read.
+    let options = Options {
+        back_server: false,
+        rpc_timeout_ms: 300,
+        ..Options::default()
+    };
+    let app = spawn_app_with(options).await;
+    let (connection, channel) = app.broker().await;
+    let mut requests = channel
+        .basic_consume(
+            app.queue.as_str().into(),
+            "slow-responder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (first_timed_out, timed_out) = oneshot::channel::<()>();
+    let responder = tokio::spawn(async move {
+        let mut timed_out = Some(timed_out);
+        for value in [1.0, 2.0] {
+            let delivery = requests
+                .next()
+                .await
+                .expect("a request")
+                .expect("a delivery");
+            assert!(matches!(
+                Request::from_slice(&delivery.data),
+                Ok(Request::Get { .. })
+            ));
+            if let Some(timed_out) = timed_out.take() {
+                timed_out.await.unwrap();
+            }
+            let properties = BasicProperties::default()
+                .with_correlation_id(delivery.properties.correlation_id().clone().unwrap());
+            let reply_to = delivery.properties.reply_to().clone().unwrap();
+            let reply = Reply::Found { value }.to_vec();
+            channel
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    &reply,
+                    properties,
+                )
+                .await
+                .unwrap();
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    });
+
+    let (status, _) = json(app.get_key("k").await).await;
+    assert_eq!(status, 504);
+    first_timed_out.send(()).unwrap();
+
+    // The late reply (1.0) reaches the front-server before this read's own (2.0).
+    let (status, body) = json(app.get_key("k").await).await;
+    assert_eq!((status, body["data"].as_f64()), (200, Some(2.0)));
+    responder.await.unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    app.shutdown().await;
+}
