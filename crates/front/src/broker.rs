@@ -153,10 +153,14 @@ impl Broker {
         };
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::Refused(format!(
-                "no queue named '{}' to route it to",
-                self.queue
-            ))),
+            Confirmation::Ack(Some(_)) => {
+                // Someone deleted the queue: rebuilding the link declares it again.
+                self.broken.send_replace(generation);
+                Err(BrokerError::Refused(format!(
+                    "no queue named '{}' to route it to",
+                    self.queue
+                )))
+            }
             Confirmation::Nack(_) => Err(BrokerError::Refused("nacked".into())),
             Confirmation::NotRequested => Err(BrokerError::Unavailable(
                 "the write channel is not in confirm mode".into(),

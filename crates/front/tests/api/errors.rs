@@ -177,7 +177,7 @@ async fn with_the_broker_unreachable_requests_get_503_at_once() {
 }
 
 #[tokio::test]
-async fn a_write_the_broker_cannot_route_gets_503() {
+async fn a_write_the_broker_cannot_route_gets_503_and_the_queue_is_declared_again() {
     // No back-server, which would declare the queue again as soon as it lost it.
     let app = spawn_app_with(Options {
         back_server: false,
@@ -197,6 +197,16 @@ async fn a_write_the_broker_cannot_route_gets_503() {
         body["message"].as_str().unwrap().contains("not stored"),
         "{body}"
     );
+    // The front-server rebuilds its link, which declares the queue again.
+    let started = std::time::Instant::now();
+    while app.post_json(r#"{"kept": 1}"#).await.status() != 200 {
+        assert!(
+            started.elapsed() < crate::helpers::PATIENCE,
+            "the queue never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.messages_in(&app.queue).await, 1);
     let _ = connection.close(200, "done".into()).await;
     app.shutdown().await;
 }
