@@ -27,8 +27,8 @@ pub enum Stopped {
 }
 
 /// Consumes `queue` on `connection` until shutdown (`Ok`) or until the connection or channel
-/// fails (`Err`, and the caller reconnects). Messages received but not yet acked when either
-/// happens are redelivered by RabbitMQ.
+/// fails (`Err`, and the caller reconnects, unless the error is a [`StoreError`], which is
+/// fatal). Messages received but not yet acked when either happens are redelivered by RabbitMQ.
 pub async fn consume(
     connection: &Connection,
     store: &Store,
@@ -117,7 +117,7 @@ impl Worker<'_> {
                 return Ok(Handled::Acked);
             }
         };
-        let Some(outcomes) = self.apply(vec![request]).await else {
+        let Some(outcomes) = self.apply(vec![request]).await? else {
             return Ok(Handled::Interrupted);
         };
         if let [Outcome::Value(value)] = outcomes[..] {
@@ -133,8 +133,8 @@ impl Worker<'_> {
 
     /// Applies a batch, retrying while the database refuses (disk full, file made read-only…):
     /// the messages stay unacked in the meantime, so nothing is lost and order is kept.
-    /// `None` if shutdown interrupted the retries.
-    async fn apply(&self, requests: Vec<Request>) -> Option<Vec<Outcome>> {
+    /// `None` if shutdown interrupted the retries; an error only if the store thread is gone.
+    async fn apply(&self, requests: Vec<Request>) -> Result<Option<Vec<Outcome>>, StoreError> {
         let mut delay = FIRST_STORE_RETRY;
         let mut failing = false;
         loop {
@@ -143,19 +143,16 @@ impl Worker<'_> {
                     if failing {
                         tracing::info!("the database accepts writes again");
                     }
-                    return Some(outcomes);
+                    return Ok(Some(outcomes));
                 }
-                Err(err @ StoreError::Stopped) => {
-                    tracing::error!(%err, "cannot apply requests");
-                    return None;
-                }
+                Err(err @ StoreError::Stopped) => return Err(err),
                 Err(err) => {
                     tracing::error!(%err, retry_in = ?delay, "cannot apply requests; they stay queued");
                     failing = true;
                 }
             }
             tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
+                _ = self.shutdown.cancelled() => return Ok(None),
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(MAX_STORE_RETRY);

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::consumer::{Stopped, consume};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use anyhow::Context;
 use lapin::uri::AMQPUri;
 use std::future::Future;
@@ -70,6 +70,10 @@ impl Application {
                         .close(200, "back-server shutting down".into())
                         .await?;
                     return Ok(());
+                }
+                Err(err) if err.is::<StoreError>() => {
+                    let _ = connection.close(200, "back-server failed".into()).await;
+                    return Err(err.context("the SQLite store failed"));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "lost the RabbitMQ link; reconnecting");
