@@ -19,7 +19,9 @@ pub struct Config {
     #[arg(long, env = "DB_PATH", value_name = "FILE", default_value = "kv.db")]
     pub db_path: PathBuf,
 
-    /// How many unacknowledged messages RabbitMQ may hand the back-server at once.
-    #[arg(long, env = "PREFETCH", value_name = "COUNT", default_value_t = 256)]
+    /// How many unacknowledged messages RabbitMQ may hand the back-server at once (AMQP reads 0
+    /// as "unlimited", so at least 1).
+    #[arg(long, env = "PREFETCH", value_name = "COUNT", default_value_t = 256,
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 }

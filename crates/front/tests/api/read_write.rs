@@ -74,6 +74,8 @@ async fn unicode_and_url_special_keys_round_trip() {
         "ключ",
         "键/值",
         "emoji 🦀",
+        "nul\u{0}inside",
+        " spaces and\ttabs ",
         "a&b=c?d#e%f+g",
         &"é".repeat(128),
     ];
