@@ -291,7 +291,7 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    async fn run(mut self) {
+    async fn run(self) {
         let mut generation = 0;
         while let Some(connection) =
             kv_protocol::connect_with_backoff(&self.uri, "front-server", &self.shutdown).await
@@ -336,13 +336,13 @@ impl Supervisor {
     }
 
     /// Delivers replies to waiting reads until the link breaks (returns why) or shutdown (`None`).
-    async fn route_replies(&mut self, mut replies: Consumer, generation: u64) -> Option<String> {
+    async fn route_replies(&self, mut replies: Consumer, generation: u64) -> Option<String> {
         let mut broken = self.broken.clone();
         loop {
             let delivery = tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
                 _ = broken.wait_for(|broken| *broken == generation) => {
-                    return Some("a request found a channel closed".into());
+                    return Some("a request found the link broken".into());
                 }
                 next = replies.next() => match next {
                     Some(Ok(delivery)) => delivery,
