@@ -19,23 +19,17 @@ const CONSUMER_TAG: &str = "back-server";
 const FIRST_STORE_RETRY: Duration = Duration::from_millis(50);
 const MAX_STORE_RETRY: Duration = Duration::from_secs(5);
 
-/// Why [`consume`] returned without an error.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Stopped {
-    /// Shutdown was requested; the message in hand was finished first.
-    Shutdown,
-}
-
-/// Consumes `queue` on `connection` until shutdown (`Ok`) or until the connection or channel
-/// fails (`Err`, and the caller reconnects, unless the error is a [`StoreError`], which is
-/// fatal). Messages received but not yet acked when either happens are redelivered by RabbitMQ.
+/// Consumes `queue` on `connection` until shutdown (`Ok`, once the message in hand is done) or
+/// until the connection or channel fails (`Err`, and the caller reconnects, unless the error is a
+/// [`StoreError`], which is fatal). Messages received but not yet acked when either happens are
+/// redelivered by RabbitMQ.
 pub async fn consume(
     connection: &Connection,
     store: &Store,
     queue: &str,
     prefetch: u16,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Stopped> {
+) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     declare_topology(&channel, queue).await?;
     channel
@@ -87,7 +81,7 @@ pub async fn consume(
     channel
         .close(200, "back-server shutting down".into())
         .await?;
-    Ok(Stopped::Shutdown)
+    Ok(())
 }
 
 #[derive(Debug, PartialEq, Eq)]

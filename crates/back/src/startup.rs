@@ -2,7 +2,7 @@
 //! link drops, until shutdown. `main` and the tests both run exactly this.
 
 use crate::config::Config;
-use crate::consumer::{Stopped, consume};
+use crate::consumer::consume;
 use crate::store::{Store, StoreError};
 use anyhow::Context;
 use lapin::uri::AMQPUri;
@@ -65,7 +65,7 @@ impl Application {
             )
             .await;
             match result {
-                Ok(Stopped::Shutdown) => {
+                Ok(()) => {
                     connection
                         .close(200, "back-server shutting down".into())
                         .await?;

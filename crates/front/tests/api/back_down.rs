@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 #[tokio::test]
 async fn with_the_back_server_down_reads_time_out_and_writes_wait_in_the_queue() {
     let options = Options {
-        back_server: false,
         rpc_timeout_ms: 500,
-        ..Options::default()
+        ..Options::front_only()
     };
     let mut app = spawn_app_with(options).await;
 
@@ -48,10 +47,7 @@ async fn with_the_back_server_down_reads_time_out_and_writes_wait_in_the_queue()
 
 #[tokio::test]
 async fn stopping_the_front_server_lets_a_read_in_flight_finish() {
-    let options = Options {
-        back_server: false,
-        ..Options::default()
-    };
+    let options = Options::front_only();
     let mut app = spawn_app_with(options).await;
     app.put("k", 8.0).await;
     let client = app.client.clone();

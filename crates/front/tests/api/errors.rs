@@ -12,11 +12,7 @@ const BAD_TYPE: &str = "Invalid Content-Type, must be 'application/json'";
 #[tokio::test]
 async fn bad_requests_get_their_contract_answers_and_never_reach_the_broker() {
     // No back-server: anything that reached the queue would stay there to be counted.
-    let app = spawn_app_with(Options {
-        back_server: false,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with(Options::front_only()).await;
 
     for content_type in [
         None,
@@ -148,9 +144,8 @@ async fn with_the_broker_unreachable_requests_get_503_at_once() {
     // Nothing listens on port 1: the front-server keeps retrying in the background.
     let options = Options {
         amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
-        back_server: false,
         wait_for_broker: false,
-        ..Options::default()
+        ..Options::front_only()
     };
     let app = spawn_app_with(options).await;
     let started = std::time::Instant::now();
@@ -179,11 +174,7 @@ async fn with_the_broker_unreachable_requests_get_503_at_once() {
 #[tokio::test]
 async fn a_write_the_broker_cannot_route_gets_503_and_the_queue_is_declared_again() {
     // No back-server, which would declare the queue again as soon as it lost it.
-    let app = spawn_app_with(Options {
-        back_server: false,
-        ..Options::default()
-    })
-    .await;
+    let app = spawn_app_with(Options::front_only()).await;
     let (connection, channel) = app.broker().await;
     channel
         .queue_delete(app.queue.as_str().into(), QueueDeleteOptions::default())

@@ -39,6 +39,16 @@ pub struct Options {
     pub amqp_url: String,
 }
 
+impl Options {
+    /// No back-server: what reaches the queue stays there, and reads get no reply.
+    pub fn front_only() -> Self {
+        Self {
+            back_server: false,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {

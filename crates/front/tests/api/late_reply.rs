@@ -13,9 +13,8 @@ use tokio::sync::oneshot;
 async fn a_reply_after_the_deadline_is_not_taken_for_a_later_read() {
     // A stand-in back-server on the real queue, slow on purpose for the first read.
     let options = Options {
-        back_server: false,
         rpc_timeout_ms: 300,
-        ..Options::default()
+        ..Options::front_only()
     };
     let app = spawn_app_with(options).await;
     let (connection, channel) = app.broker().await;
