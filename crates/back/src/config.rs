@@ -24,4 +24,10 @@ pub struct Config {
     #[arg(long, env = "PREFETCH", value_name = "COUNT", default_value_t = 256,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
+
+    /// Most requests applied in one SQLite transaction. A batch is never waited for: it holds
+    /// whatever has already arrived, so this only caps it (and PREFETCH caps it too).
+    #[arg(long, env = "BATCH_SIZE", value_name = "COUNT", default_value_t = 128,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub batch_size: u16,
 }

@@ -1,9 +1,16 @@
 //! The consume loop for one AMQP connection: deliveries in queue order become store batches, then
 //! replies, then acks. The order of those three steps is the back-server's durability contract:
 //! nothing is acked before the transaction that applied it has committed.
+//!
+//! Group commit: each turn takes the first delivery as soon as it arrives, plus every delivery
+//! RabbitMQ has already handed over (up to the batch size), and applies them all in one
+//! transaction. It never waits to fill a batch, so a lone request is served at once, and under
+//! load one `fsync` and one `multiple` ack serve a whole batch.
 
+use crate::config::Config;
 use crate::store::{Outcome, Store, StoreError};
-use futures_util::StreamExt;
+use futures_util::future::try_join_all;
+use futures_util::{FutureExt, StreamExt};
 use kv_protocol::{DEAD_REASON_HEADER, Reply, Request, dead_letter_queue, declare_topology};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -12,6 +19,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -19,21 +27,21 @@ const CONSUMER_TAG: &str = "back-server";
 const FIRST_STORE_RETRY: Duration = Duration::from_millis(50);
 const MAX_STORE_RETRY: Duration = Duration::from_secs(5);
 
-/// Consumes `queue` on `connection` until shutdown (`Ok`, once the message in hand is done) or
-/// until the connection or channel fails (`Err`, and the caller reconnects, unless the error is a
-/// [`StoreError`], which is fatal). Messages received but not yet acked when either happens are
-/// redelivered by RabbitMQ.
+/// Consumes the request queue on `connection` until shutdown (`Ok`, once the batch in hand is
+/// done) or until the connection or channel fails (`Err`, and the caller reconnects, unless the
+/// error is a [`StoreError`], which is fatal). Messages received but not yet acked when either
+/// happens are redelivered by RabbitMQ.
 pub async fn consume(
     connection: &Connection,
     store: &Store,
-    queue: &str,
-    prefetch: u16,
+    config: &Config,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let queue = config.amqp.queue.as_str();
     let channel = connection.create_channel().await?;
     declare_topology(&channel, queue).await?;
     channel
-        .basic_qos(prefetch, BasicQosOptions::default())
+        .basic_qos(config.prefetch, BasicQosOptions::default())
         .await?;
     // Dead-lettering needs its own confirm-mode channel: replies go out on `channel` without
     // confirms, and lapin keeps every unawaited confirm until someone waits for it.
@@ -49,7 +57,8 @@ pub async fn consume(
             FieldTable::default(),
         )
         .await?;
-    tracing::info!(queue, prefetch, "consuming");
+    let batch_size = usize::from(config.batch_size);
+    tracing::info!(queue, prefetch = config.prefetch, batch_size, "consuming");
 
     let worker = Worker {
         channel: &channel,
@@ -58,17 +67,34 @@ pub async fn consume(
         queue,
         shutdown,
     };
+    let mut batch = Vec::with_capacity(batch_size);
+    let mut cancelled = false;
     loop {
-        let delivery = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            next = deliveries.next() => match next {
-                Some(delivery) => delivery?,
-                None => anyhow::bail!("RabbitMQ cancelled the consumer"),
-            },
+            next = deliveries.next() => next,
         };
-        if worker.handle(delivery).await? == Handled::Interrupted {
+        let Some(first) = first else {
+            anyhow::bail!("RabbitMQ cancelled the consumer");
+        };
+        batch.push(first?);
+        // Only what is already here: polling once never waits, so a lone request goes at once.
+        while batch.len() < batch_size {
+            match deliveries.next().now_or_never() {
+                Some(Some(delivery)) => batch.push(delivery?),
+                Some(None) => {
+                    cancelled = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if worker.handle(&mut batch).await? == Handled::Interrupted {
             break;
+        }
+        if cancelled {
+            anyhow::bail!("RabbitMQ cancelled the consumer");
         }
     }
     channel
@@ -87,7 +113,7 @@ pub async fn consume(
 #[derive(Debug, PartialEq, Eq)]
 enum Handled {
     Acked,
-    /// Shutdown came while the store was failing; the message stays unacked for redelivery.
+    /// Shutdown came while the store was failing; the batch stays unacked for redelivery.
     Interrupted,
 }
 
@@ -100,35 +126,50 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
-    async fn handle(&self, delivery: Delivery) -> anyhow::Result<Handled> {
-        let request = match Request::from_slice(&delivery.data) {
-            Ok(request) => request,
-            Err(err) => {
-                let reason = format!("unparseable request: {err}");
-                tracing::warn!(delivery_tag = delivery.delivery_tag, %reason, "dead-lettering a message");
-                self.dead_letter(&delivery, &reason).await?;
-                delivery.ack(BasicAckOptions::default()).await?;
-                return Ok(Handled::Acked);
+    /// Handles a batch of deliveries, in order, and empties it.
+    async fn handle(&self, batch: &mut Vec<Delivery>) -> anyhow::Result<Handled> {
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut applied = Vec::with_capacity(batch.len());
+        for delivery in batch.drain(..) {
+            match Request::from_slice(&delivery.data) {
+                Ok(request) => {
+                    requests.push(request);
+                    applied.push(delivery);
+                }
+                Err(err) => {
+                    let reason = format!("unparseable request: {err}");
+                    tracing::warn!(delivery_tag = delivery.delivery_tag, %reason, "dead-lettering a message");
+                    self.dead_letter(&delivery, &reason).await?;
+                    // On its own (not `multiple`): the requests before it are not committed yet.
+                    delivery.ack(BasicAckOptions::default()).await?;
+                }
             }
+        }
+        let Some(last) = applied.last() else {
+            return Ok(Handled::Acked);
         };
-        let Some(outcomes) = self.apply(vec![request]).await? else {
+        let Some(outcomes) = self.apply(requests.into()).await? else {
             return Ok(Handled::Interrupted);
         };
-        if let [Outcome::Value(value)] = outcomes[..] {
-            let reply = match value {
-                Some(value) => Reply::Found { value },
-                None => Reply::NotFound,
-            };
-            self.reply(&delivery.properties, &reply).await?;
-        }
-        delivery.ack(BasicAckOptions::default()).await?;
+        // Replies go to different requesters, so they need no order among themselves.
+        let replies = applied
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(delivery, outcome)| match *outcome {
+                Outcome::Value(Some(value)) => Some((delivery, Reply::Found { value })),
+                Outcome::Value(None) => Some((delivery, Reply::NotFound)),
+                Outcome::Stored => None,
+            })
+            .map(|(delivery, reply)| self.reply(&delivery.properties, reply));
+        try_join_all(replies).await?;
+        last.ack(BasicAckOptions { multiple: true }).await?;
         Ok(Handled::Acked)
     }
 
     /// Applies a batch, retrying while the database refuses (disk full, file made read-only…):
     /// the messages stay unacked in the meantime, so nothing is lost and order is kept.
     /// `None` if shutdown interrupted the retries; an error only if the store thread is gone.
-    async fn apply(&self, requests: Vec<Request>) -> Result<Option<Vec<Outcome>>, StoreError> {
+    async fn apply(&self, requests: Arc<[Request]>) -> Result<Option<Vec<Outcome>>, StoreError> {
         let mut delay = FIRST_STORE_RETRY;
         let mut failing = false;
         loop {
@@ -153,7 +194,7 @@ impl Worker<'_> {
         }
     }
 
-    async fn reply(&self, request: &BasicProperties, reply: &Reply) -> anyhow::Result<()> {
+    async fn reply(&self, request: &BasicProperties, reply: Reply) -> anyhow::Result<()> {
         let Some(reply_to) = request.reply_to() else {
             tracing::warn!("a read without reply_to; nobody to answer");
             return Ok(());

@@ -52,18 +52,10 @@ impl Application {
     }
 
     async fn serve(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let queue = &self.config.amqp.queue;
         while let Some(connection) =
             kv_protocol::connect_with_backoff(&self.uri, "back-server", shutdown).await
         {
-            let result = consume(
-                &connection,
-                &self.store,
-                queue,
-                self.config.prefetch,
-                shutdown,
-            )
-            .await;
+            let result = consume(&connection, &self.store, &self.config, shutdown).await;
             match result {
                 Ok(()) => {
                     connection

@@ -5,6 +5,7 @@
 use kv_protocol::Request;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::Path;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
@@ -42,7 +43,7 @@ pub struct Store {
 }
 
 struct Job {
-    requests: Vec<Request>,
+    requests: Arc<[Request]>,
     done: oneshot::Sender<Result<Vec<Outcome>, rusqlite::Error>>,
 }
 
@@ -69,8 +70,9 @@ impl Store {
     }
 
     /// Applies `requests` in order in one transaction and returns one outcome per request.
-    /// Either all of them are committed or none is.
-    pub async fn apply(&self, requests: Vec<Request>) -> Result<Vec<Outcome>, StoreError> {
+    /// Either all of them are committed or none is. Shared rather than owned, so that a caller
+    /// retrying after an error sends the same batch again without copying it.
+    pub async fn apply(&self, requests: Arc<[Request]>) -> Result<Vec<Outcome>, StoreError> {
         let (done, outcome) = oneshot::channel();
         self.jobs
             .send(Job { requests, done })
@@ -168,13 +170,13 @@ mod tests {
         let store = Store::open(&dir.path().join("kv.db")).await.unwrap();
 
         let outcomes = store
-            .apply(vec![
+            .apply(Arc::new([
                 get("k"),
                 put("k", 1.0),
                 get("k"),
                 put("k", 2.5),
                 get("k"),
-            ])
+            ]))
             .await
             .unwrap();
 
@@ -197,11 +199,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.db");
         let store = Store::open(&path).await.unwrap();
-        store.apply(vec![put("kept", -3.25)]).await.unwrap();
+        store.apply(Arc::new([put("kept", -3.25)])).await.unwrap();
         store.close().await;
 
         let store = Store::open(&path).await.unwrap();
-        let outcomes = store.apply(vec![get("kept")]).await.unwrap();
+        let outcomes = store.apply(Arc::new([get("kept")])).await.unwrap();
 
         assert_eq!(outcomes, [Outcome::Value(Some(-3.25))]);
         store.close().await;

@@ -154,6 +154,7 @@ impl TestApp {
             },
             db_path: self.db_path.clone(),
             prefetch: 64,
+            batch_size: 32,
         };
         let back = back_server::Application::build(config)
             .await

@@ -5,6 +5,7 @@ mod back_down;
 mod consistency;
 mod dead_letter;
 mod errors;
+mod group_commit;
 mod helpers;
 mod late_reply;
 mod process;
