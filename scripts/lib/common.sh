@@ -1,4 +1,4 @@
-# Shared by scripts/run and scripts/test: make sure the tools and the broker they need are there,
+# Shared by scripts/run, scripts/test and scripts/bench: make sure the tools and the broker they need are there,
 # installing or starting them where we can, and saying exactly what is missing where we cannot.
 # shellcheck shell=bash
 
@@ -28,6 +28,21 @@ then open a new shell and run this again."
             die "a C compiler is missing (SQLite is built from source). Install it with:
     sudo apt-get install -y build-essential"
         fi
+    fi
+}
+
+# The benchmark's load generator, from Debian's package.
+ensure_wrk() {
+    command -v wrk >/dev/null 2>&1 && return
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        apt_install wrk
+    elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+        say "installing wrk with sudo apt-get"
+        sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+    else
+        die "wrk (the load generator) is missing. Install it with:
+    sudo apt-get install -y wrk"
     fi
 }
 

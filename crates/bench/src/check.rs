@@ -1,0 +1,103 @@
+//! The benchmark's checks that nothing was lost: every acknowledged write is in SQLite with its
+//! value, and the request queue is empty at the end.
+
+use crate::load::Run;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use rusqlite::{OpenFlags, OptionalExtension};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How the acknowledged writes of some runs compare with the database.
+#[derive(Debug, Default)]
+pub struct Audit {
+    pub acknowledged: u64,
+    pub missing: u64,
+    pub wrong_value: u64,
+    /// A few of the keys that are missing or wrong, for the report.
+    pub examples: Vec<String>,
+}
+
+impl Audit {
+    pub fn is_clean(&self) -> bool {
+        self.missing == 0 && self.wrong_value == 0
+    }
+}
+
+/// Looks up every acknowledged write of `runs` in the database at `db`.
+pub fn audit(db: &Path, runs: &[&Run]) -> anyhow::Result<Audit> {
+    let connection = rusqlite::Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut select = connection.prepare("SELECT value FROM kv WHERE key = ?1")?;
+    let mut audit = Audit::default();
+    for writes in runs.iter().flat_map(|run| &run.writes) {
+        for (key, value) in writes.acknowledged() {
+            audit.acknowledged += 1;
+            let stored: Option<f64> = select.query_row([&key], |row| row.get(0)).optional()?;
+            let problem = match stored {
+                None => {
+                    audit.missing += 1;
+                    "missing"
+                }
+                Some(stored) if stored != value => {
+                    audit.wrong_value += 1;
+                    "wrong value"
+                }
+                Some(_) => continue,
+            };
+            if audit.examples.len() < 5 {
+                audit.examples.push(format!("{key} ({problem})"));
+            }
+        }
+    }
+    Ok(audit)
+}
+
+/// Audits until nothing is missing or `patience` runs out: the back-server may still be working
+/// through writes that RabbitMQ confirmed a moment ago.
+pub async fn audit_when_applied(
+    db: &Path,
+    runs: &[&Run],
+    patience: Duration,
+) -> anyhow::Result<Audit> {
+    let started = Instant::now();
+    loop {
+        let audit = audit(db, runs)?;
+        if audit.is_clean() || started.elapsed() > patience {
+            return Ok(audit);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn connect(amqp_url: &str) -> anyhow::Result<Connection> {
+    Ok(Connection::connect(amqp_url, ConnectionProperties::default()).await?)
+}
+
+/// Messages ready in `queue` (not counting those delivered and not yet acked).
+pub async fn ready_messages(amqp_url: &str, queue: &str) -> anyhow::Result<u32> {
+    let connection = connect(amqp_url).await?;
+    let channel = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?;
+    let _ = connection.close(200, "kv-bench".into()).await;
+    Ok(declared.message_count())
+}
+
+/// Deletes the benchmark's queues, whatever they hold.
+pub async fn delete_queues(amqp_url: &str, queues: &[String]) -> anyhow::Result<()> {
+    let connection = connect(amqp_url).await?;
+    let channel = connection.create_channel().await?;
+    for queue in queues {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    let _ = connection.close(200, "kv-bench".into()).await;
+    Ok(())
+}

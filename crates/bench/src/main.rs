@@ -1,0 +1,612 @@
+//! `kv-bench`: the benchmark behind the README's Performance section. It measures RabbitMQ's own
+//! limits on this machine, starts the system from the release binaries on a fresh queue and
+//! database, drives it with wrk, prints one table, and fails if any acknowledged write is missing
+//! from SQLite or any request is left in the queue. `scripts/bench` builds and runs it.
+
+use anyhow::Context;
+use clap::Parser;
+use kv_bench::check::{self, Audit};
+use kv_bench::load::{Run, Script, Wrk};
+use kv_bench::probe::{self, Limits};
+use kv_bench::system::{self, Memory, Server, Settings};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Benchmarks the key-value system on this machine against RabbitMQ's own limits.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    amqp_url: String,
+    /// Where front-server and back-server are; by default, next to this binary.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Seconds of each measured run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seconds of load before each measured run, not counted.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Connection counts to measure POST and GET at; the largest also drives the long runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    connections: Vec<usize>,
+    /// Requests in the long mixed run (half POST, half GET).
+    #[arg(long, default_value_t = 1_000_000)]
+    mixed_requests: u64,
+    /// Rows put in the table before the large-table runs.
+    #[arg(long, default_value_t = 1_000_000)]
+    preload_keys: u64,
+    /// Seconds each RabbitMQ limits probe runs.
+    #[arg(long, default_value_t = 5)]
+    probe_seconds: u64,
+}
+
+impl Args {
+    fn measured(&self) -> Duration {
+        Duration::from_secs(self.seconds)
+    }
+
+    fn warmup(&self) -> Duration {
+        Duration::from_secs(self.warmup)
+    }
+
+    fn most_connections(&self) -> usize {
+        self.connections.iter().copied().max().unwrap_or(64)
+    }
+}
+
+/// A measured run with the servers' CPU time per request during it.
+struct Row {
+    label: String,
+    run: Run,
+    front_cpu: Duration,
+    back_cpu: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    args.connections.sort_unstable();
+    args.connections.dedup();
+    anyhow::ensure!(
+        !args.connections.is_empty(),
+        "--connections needs at least one count"
+    );
+    let bin_dir = match args.bin_dir.clone() {
+        Some(dir) => dir,
+        None => std::env::current_exe()?
+            .parent()
+            .context("the binary's directory")?
+            .to_owned(),
+    };
+    let work = tempfile::Builder::new().prefix("kv-bench.").tempdir()?;
+    eprintln!(
+        "kv-bench: working in {} (server logs are kept there on failure)",
+        work.path().display()
+    );
+
+    eprintln!(
+        "kv-bench: probing RabbitMQ's own limits ({} s each)…",
+        args.probe_seconds
+    );
+    let limits = probe::measure(
+        &args.amqp_url,
+        Duration::from_secs(args.probe_seconds),
+        args.most_connections(),
+    )
+    .await?;
+
+    let outcome = benchmark(&args, &bin_dir, work.path()).await;
+    match outcome {
+        Ok(report) => {
+            report.print(&args, &limits);
+            if !report.data_checks_pass() {
+                let kept = work.keep();
+                anyhow::bail!(
+                    "DATA CHECK FAILED: see above; logs and databases in {}",
+                    kept.display()
+                );
+            }
+            Ok(())
+        }
+        Err(err) => {
+            let kept = work.keep();
+            Err(err.context(format!("logs and databases kept in {}", kept.display())))
+        }
+    }
+}
+
+struct Report {
+    rows: Vec<Row>,
+    mixed: Row,
+    large_table: Vec<Row>,
+    audits: Vec<(&'static str, Audit)>,
+    stale_reads: u64,
+    queues_left: Vec<(&'static str, u32)>,
+    front_peak: u64,
+    back_peak: u64,
+    /// Largest RSS of (front, back) in the first and in the second half of the mixed run.
+    mixed_rss: [(u64, u64); 2],
+}
+
+async fn benchmark(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<Report> {
+    let id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis();
+    let most = args.most_connections();
+
+    // Part 1: a fresh table. POST and GET at each connection count, then the long mixed run.
+    let instance = Instance::start(bin_dir, work, "fresh", &args.amqp_url, id).await?;
+    let mut rows = Vec::new();
+    let mut warmups = Vec::new();
+    for &connections in &args.connections {
+        eprintln!("kv-bench: POST, {connections} connections…");
+        let prefix = format!("post-c{connections}");
+        let warm = format!("warm-{prefix}");
+        warmups.push(
+            instance
+                .wrk
+                .run(Script::Post, connections, args.warmup(), &[&warm])?,
+        );
+        rows.push(instance.measure("POST", |wrk| {
+            wrk.run(Script::Post, connections, args.measured(), &[&prefix])
+        })?);
+    }
+    // Reads of keys the first POST run wrote: a run of acknowledged keys of its first thread.
+    // (Its key 1 may never have been sent: wrk calls the script once to check it.)
+    let first_writes = rows[0]
+        .run
+        .writes
+        .first()
+        .context("the first POST run wrote keys")?;
+    let acknowledged = |n: &u64| !first_writes.unacknowledged.contains(n);
+    let low = (1..=first_writes.sent)
+        .find(acknowledged)
+        .context("the first POST run wrote nothing")?;
+    let high = (low..=first_writes.sent)
+        .take_while(acknowledged)
+        .last()
+        .unwrap_or(low);
+    let get_args = [
+        first_writes.prefix.clone(),
+        low.to_string(),
+        high.to_string(),
+    ];
+    let get_args = [
+        get_args[0].as_str(),
+        get_args[1].as_str(),
+        get_args[2].as_str(),
+    ];
+    for &connections in &args.connections {
+        eprintln!("kv-bench: GET, {connections} connections…");
+        instance
+            .wrk
+            .run(Script::Get, connections, args.warmup(), &get_args)?;
+        rows.push(instance.measure("GET", |wrk| {
+            wrk.run(Script::Get, connections, args.measured(), &get_args)
+        })?);
+    }
+
+    eprintln!(
+        "kv-bench: mixed run of {} requests, {most} connections…",
+        args.mixed_requests
+    );
+    let sampler = RssSampler::start(instance.front.pid(), instance.back.pid());
+    let mixed = instance.measure(&format!("mixed {}", args.mixed_requests), |wrk| {
+        wrk.run_mixed(most, args.mixed_requests / most as u64)
+    });
+    let samples = sampler.stop();
+    let mixed = mixed?;
+    let stale_reads = mixed.run.stale_reads;
+    let half = samples.len() / 2;
+    let max_of = |samples: &[(u64, u64)]| {
+        samples.iter().fold((0, 0), |(front, back), (f, b)| {
+            (front.max(*f), back.max(*b))
+        })
+    };
+    let mixed_rss = [max_of(&samples[..half]), max_of(&samples[half..])];
+
+    eprintln!("kv-bench: checking that every acknowledged write is in SQLite…");
+    let mut written: Vec<&Run> = rows.iter().map(|row| &row.run).collect();
+    written.extend(warmups.iter());
+    written.push(&mixed.run);
+    let fresh_audit =
+        check::audit_when_applied(&instance.db_path, &written, Duration::from_secs(60)).await?;
+    let (front_peak, back_peak) = instance.peak_memory()?;
+    let fresh_left = instance.stop().await?;
+
+    // Part 2: the same load on a table that already holds `preload_keys` rows.
+    eprintln!("kv-bench: a table of {} rows…", args.preload_keys);
+    let large = Instance::start_preloaded(
+        bin_dir,
+        work,
+        "large",
+        &args.amqp_url,
+        id,
+        args.preload_keys,
+    )
+    .await?;
+    let mut large_table = Vec::new();
+    let post_label = format!("POST, {} rows", args.preload_keys);
+    let warm = large
+        .wrk
+        .run(Script::Post, most, args.warmup(), &["warm-large"])?;
+    large_table.push(large.measure(&post_label, |wrk| {
+        wrk.run(Script::Post, most, args.measured(), &["post-large"])
+    })?);
+    let count = args.preload_keys.to_string();
+    let get_label = format!("GET, {} rows", args.preload_keys);
+    large
+        .wrk
+        .run(Script::Get, most, args.warmup(), &["pre-", "1", &count])?;
+    large_table.push(large.measure(&get_label, |wrk| {
+        wrk.run(Script::Get, most, args.measured(), &["pre-", "1", &count])
+    })?);
+    let mut large_written: Vec<&Run> = large_table.iter().map(|row| &row.run).collect();
+    large_written.push(&warm);
+    let large_audit =
+        check::audit_when_applied(&large.db_path, &large_written, Duration::from_secs(60)).await?;
+    let large_left = large.stop().await?;
+
+    Ok(Report {
+        rows,
+        mixed,
+        large_table,
+        audits: vec![("fresh table", fresh_audit), ("1M-row table", large_audit)],
+        stale_reads,
+        queues_left: vec![("fresh table", fresh_left), ("1M-row table", large_left)],
+        front_peak,
+        back_peak,
+        mixed_rss,
+    })
+}
+
+/// One running system: its servers, queue, database and load generator.
+struct Instance {
+    front: Server,
+    back: Server,
+    wrk: Wrk,
+    db_path: PathBuf,
+    queue: String,
+    amqp_url: String,
+}
+
+impl Instance {
+    fn settings(
+        bin_dir: &Path,
+        work: &Path,
+        name: &str,
+        amqp_url: &str,
+        id: u128,
+    ) -> anyhow::Result<Settings> {
+        let dir = work.join(name);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Settings {
+            bin_dir: bin_dir.to_owned(),
+            amqp_url: amqp_url.to_owned(),
+            queue: format!("kv.bench.{}.{id}.{name}", std::process::id()),
+            db_path: dir.join("kv.db"),
+            logs: dir,
+        })
+    }
+
+    async fn start(
+        bin_dir: &Path,
+        work: &Path,
+        name: &str,
+        amqp_url: &str,
+        id: u128,
+    ) -> anyhow::Result<Self> {
+        let settings = Self::settings(bin_dir, work, name, amqp_url, id)?;
+        Self::serve(settings).await
+    }
+
+    /// Starts the back-server once so that it creates its table, fills the table straight
+    /// through SQLite, then starts the system on it.
+    async fn start_preloaded(
+        bin_dir: &Path,
+        work: &Path,
+        name: &str,
+        amqp_url: &str,
+        id: u128,
+        rows: u64,
+    ) -> anyhow::Result<Self> {
+        let settings = Self::settings(bin_dir, work, name, amqp_url, id)?;
+        let back = system::start_back(&settings)?;
+        system::wait_for_schema(&settings.db_path).await?;
+        back.stop()?;
+        let mut db = rusqlite::Connection::open(&settings.db_path)?;
+        let transaction = db.transaction()?;
+        {
+            let mut insert = transaction.prepare("INSERT INTO kv (key, value) VALUES (?1, ?2)")?;
+            for n in 1..=rows {
+                insert.execute(rusqlite::params![format!("pre-{n}"), n as f64])?;
+            }
+        }
+        transaction.commit()?;
+        drop(db);
+        Self::serve(settings).await
+    }
+
+    async fn serve(settings: Settings) -> anyhow::Result<Self> {
+        let back = system::start_back(&settings)?;
+        let (front, url) = system::start_front(&settings)?;
+        system::wait_until_serving(&url).await?;
+        let wrk = Wrk::new(&settings.logs, &url)?;
+        Ok(Self {
+            front,
+            back,
+            wrk,
+            db_path: settings.db_path,
+            queue: settings.queue,
+            amqp_url: settings.amqp_url,
+        })
+    }
+
+    /// Runs `load` and notes the CPU time each server spent meanwhile.
+    fn measure(
+        &self,
+        label: &str,
+        load: impl FnOnce(&Wrk) -> anyhow::Result<Run>,
+    ) -> anyhow::Result<Row> {
+        let (front_before, back_before) = (self.front.cpu_time()?, self.back.cpu_time()?);
+        let run = load(&self.wrk)?;
+        let (front_after, back_after) = (self.front.cpu_time()?, self.back.cpu_time()?);
+        Ok(Row {
+            label: label.to_owned(),
+            run,
+            front_cpu: front_after - front_before,
+            back_cpu: back_after - back_before,
+        })
+    }
+
+    fn peak_memory(&self) -> anyhow::Result<(u64, u64)> {
+        let (Memory { peak: front, .. }, Memory { peak: back, .. }) =
+            (self.front.memory()?, self.back.memory()?);
+        Ok((front, back))
+    }
+
+    /// Stops both servers with SIGTERM (each must exit 0), then counts what is left in the
+    /// request queue (redelivered messages included) and deletes the queues.
+    async fn stop(self) -> anyhow::Result<u32> {
+        self.front.stop()?;
+        self.back.stop()?;
+        let left = check::ready_messages(&self.amqp_url, &self.queue).await?;
+        let dead = format!("{}.dead", self.queue);
+        check::delete_queues(&self.amqp_url, &[self.queue, dead]).await?;
+        Ok(left)
+    }
+}
+
+/// Samples both servers' resident memory once a second on a thread of its own.
+struct RssSampler {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<Vec<(u64, u64)>>,
+}
+
+impl RssSampler {
+    fn start(front: u32, back: u32) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_secs(1))
+            {
+                if let (Ok(front), Ok(back)) = (system::memory_of(front), system::memory_of(back)) {
+                    samples.push((front.rss, back.rss));
+                }
+            }
+            samples
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> Vec<(u64, u64)> {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+const MB: f64 = 1024.0 * 1024.0;
+
+impl Report {
+    fn data_checks_pass(&self) -> bool {
+        self.audits.iter().all(|(_, audit)| audit.is_clean())
+            && self.stale_reads == 0
+            && self.queues_left.iter().all(|(_, left)| *left == 0)
+    }
+
+    fn find(&self, method: &str, connections: usize) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|row| row.label == method && row.run.connections == connections)
+    }
+
+    fn print(&self, args: &Args, limits: &Limits) {
+        let most = args.most_connections();
+        println!();
+        println!("kv-bench on {}", machine());
+        println!(
+            "RabbitMQ limits, measured in this run: durable writes {:.0} msg/s; request/reply with {} in flight {:.0} round trips/s (p50 {:.2} ms, p99 {:.2} ms)",
+            limits.durable_writes_per_sec,
+            limits.in_flight,
+            limits.round_trips_per_sec,
+            ms(limits.round_trip_p50),
+            ms(limits.round_trip_p99),
+        );
+        println!();
+        println!(
+            "| {:<16} | {:>5} | {:>8} | {:>8} | {:>8} | {:>7} | {:>6} | {:>8} | {:>14} | {:>13} |",
+            "run",
+            "conns",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "non-2xx",
+            "errors",
+            "of limit",
+            "front CPU µs/req",
+            "back CPU µs/req"
+        );
+        println!(
+            "|{:-<18}|{:->7}|{:->10}|{:->10}|{:->10}|{:->9}|{:->8}|{:->10}|{:->18}|{:->17}|",
+            "", "", "", "", "", "", "", "", "", ""
+        );
+        for row in self
+            .rows
+            .iter()
+            .chain([&self.mixed])
+            .chain(&self.large_table)
+        {
+            let limit = if row.label.starts_with("POST") {
+                Some(limits.durable_writes_per_sec)
+            } else if row.label.starts_with("GET") {
+                Some(limits.round_trips_per_sec)
+            } else {
+                None
+            };
+            let fraction = limit
+                .map(|limit| format!("{:.2}", row.run.per_second() / limit))
+                .unwrap_or_else(|| "-".into());
+            let per_request =
+                |cpu: Duration| cpu.as_secs_f64() * 1e6 / row.run.requests.max(1) as f64;
+            println!(
+                "| {:<16} | {:>5} | {:>8.0} | {:>8.2} | {:>8.2} | {:>7} | {:>6} | {:>8} | {:>16.1} | {:>15.1} |",
+                row.label,
+                row.run.connections,
+                row.run.per_second(),
+                ms(row.run.p50),
+                ms(row.run.p99),
+                row.run.non_2xx,
+                row.run.socket_errors,
+                fraction,
+                per_request(row.front_cpu),
+                per_request(row.back_cpu),
+            );
+        }
+        println!();
+        println!(
+            "Peak RSS: front-server {:.1} MB, back-server {:.1} MB. During the mixed run, largest RSS in the first half: front {:.1} MB, back {:.1} MB; in the second half: front {:.1} MB, back {:.1} MB.",
+            self.front_peak as f64 / MB,
+            self.back_peak as f64 / MB,
+            self.mixed_rss[0].0 as f64 / MB,
+            self.mixed_rss[0].1 as f64 / MB,
+            self.mixed_rss[1].0 as f64 / MB,
+            self.mixed_rss[1].1 as f64 / MB,
+        );
+        println!();
+        println!("Nothing lost:");
+        for (name, audit) in &self.audits {
+            let verdict = if audit.is_clean() { "ok" } else { "FAILED" };
+            println!(
+                "  {verdict}: {name}: {} acknowledged writes, {} missing from SQLite, {} with a wrong value {:?}",
+                audit.acknowledged, audit.missing, audit.wrong_value, audit.examples
+            );
+        }
+        for (name, left) in &self.queues_left {
+            let verdict = if *left == 0 { "ok" } else { "FAILED" };
+            println!(
+                "  {verdict}: {name}: {left} messages left in the request queue after both servers stopped"
+            );
+        }
+        let verdict = if self.stale_reads == 0 {
+            "ok"
+        } else {
+            "FAILED"
+        };
+        println!(
+            "  {verdict}: mixed run: {} reads did not see the write acknowledged just before them",
+            self.stale_reads
+        );
+
+        println!();
+        println!("Targets:");
+        let target = |met: bool, text: String| {
+            println!("  {} {text}", if met { "met   " } else { "MISSED" });
+        };
+        if let Some(post) = self.find("POST", most) {
+            let fraction = post.run.per_second() / limits.durable_writes_per_sec;
+            target(
+                fraction >= 0.6,
+                format!(
+                    "POST at {most} connections ≥ 0.6 × the durable-write limit: {fraction:.2}"
+                ),
+            );
+        }
+        if let Some(get) = self.find("GET", most) {
+            let fraction = get.run.per_second() / limits.round_trips_per_sec;
+            target(
+                fraction >= 0.6,
+                format!("GET at {most} connections ≥ 0.6 × the request/reply limit: {fraction:.2}"),
+            );
+        }
+        if let Some(get) = self.find("GET", 1) {
+            target(
+                get.run.p50 <= Duration::from_millis(1),
+                format!("GET at 1 connection p50 ≤ 1 ms: {:.2} ms", ms(get.run.p50)),
+            );
+        }
+        for method in ["POST", "GET"] {
+            if let Some(row) = self.find(method, most) {
+                target(
+                    row.run.p99 <= Duration::from_millis(20),
+                    format!(
+                        "{method} at {most} connections p99 ≤ 20 ms: {:.2} ms",
+                        ms(row.run.p99)
+                    ),
+                );
+            }
+        }
+        let peak = self.front_peak.max(self.back_peak) as f64 / MB;
+        target(
+            peak <= 25.0,
+            format!("each server ≤ 25 MB peak RSS: largest {peak:.1} MB"),
+        );
+        let mixed_clean = self.mixed.run.non_2xx == 0
+            && self.mixed.run.socket_errors == 0
+            && self.stale_reads == 0;
+        let grew = |first: u64, second: u64| second as f64 > first as f64 * 1.05;
+        let [(front_first, back_first), (front_second, back_second)] = self.mixed_rss;
+        target(
+            mixed_clean && !grew(front_first, front_second) && !grew(back_first, back_second),
+            format!(
+                "the {}-request mixed run: {} non-2xx, {} errors, RSS in its second half within 5% of its first",
+                self.mixed.run.requests, self.mixed.run.non_2xx, self.mixed.run.socket_errors
+            ),
+        );
+        for (large, method) in self.large_table.iter().zip(["POST", "GET"]) {
+            if let Some(fresh) = self.find(method, most) {
+                let ratio = large.run.per_second() / fresh.run.per_second();
+                target(
+                    ratio >= 0.8,
+                    format!(
+                        "{method} with {} rows within 20% of a fresh table: {ratio:.2}",
+                        args.preload_keys
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// The CPU model and core count, for the report's header.
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "an unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{model}, {cores} cores")
+}
