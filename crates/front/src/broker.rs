@@ -2,7 +2,8 @@
 //! by a supervisor task, and the bookkeeping that turns AMQP's fire-and-forget messages into
 //! request/response calls.
 //!
-//! - Writes go out on a channel in publisher-confirm mode. Each request awaits the confirm of its
+//! - Writes go out on a channel in publisher-confirm mode, published by one task per link in the
+//!   order they come (see [`publish_writes`] for why one). Each request awaits the confirm of its
 //!   own message, so confirms of concurrent requests overlap instead of queueing.
 //! - Reads go out on a second channel, without confirms, which also consumes direct reply-to
 //!   (RabbitMQ requires both on the same channel). Replies are matched to waiting requests by
@@ -11,7 +12,8 @@
 //! The supervisor publishes the current channels through a `watch`; while there are none (broker
 //! down, reconnecting) every request is answered `503` at once instead of hanging.
 
-use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use kv_protocol::{DIRECT_REPLY_TO, Key, Reply, Request, declare_topology};
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -61,8 +63,59 @@ impl BrokerError {
 struct Link {
     /// Counts links since start, so a failure report about an old link is not taken for the new.
     generation: u64,
+    /// Hands writes to [`publish_writes`], the only task that publishes on `writes`.
+    publisher: mpsc::Sender<Write>,
     writes: Channel,
     reads: Channel,
+}
+
+/// A write for [`publish_writes`] and where to send RabbitMQ's confirm of it.
+struct Write {
+    body: Vec<u8>,
+    done: oneshot::Sender<lapin::Result<Confirmation>>,
+}
+
+/// Writes waiting for the publisher task; a full queue makes requests wait (within their
+/// deadline) instead of piling up.
+const WRITE_QUEUE: usize = 1024;
+
+/// Publishes every write of one link, in order, and hands each its confirm.
+///
+/// One task, because lapin numbers a publish for its confirm in one step and queues its frames
+/// in another: two tasks publishing at once on a multi-threaded runtime can send their frames in
+/// the opposite order of their numbers, and then the broker's confirm of one message resolves the
+/// other's. A write would get its `200` before RabbitMQ has it, and a read sent right after could
+/// overtake it (kv-bench's mixed run caught exactly that). The task also awaits every confirm,
+/// even those whose request has given up, since lapin keeps unawaited confirms forever.
+async fn publish_writes(writes: Channel, queue: ShortString, mut requests: mpsc::Receiver<Write>) {
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let properties = json_properties().with_delivery_mode(PERSISTENT);
+    let mut pending = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            request = requests.recv() => {
+                let Some(Write { body, done }) = request else { break };
+                let published = writes
+                    .basic_publish("".into(), queue.clone(), mandatory, &body, properties.clone())
+                    .await;
+                match published {
+                    Ok(confirm) => pending.push(confirm.map(move |result| (result, done))),
+                    Err(err) => {
+                        let _ = done.send(Err(err));
+                    }
+                }
+            }
+            Some((result, done)) = pending.next(), if !pending.is_empty() => {
+                let _ = done.send(result);
+            }
+        }
+    }
+    while let Some((result, done)) = pending.next().await {
+        let _ = done.send(result);
+    }
 }
 
 /// Handle used by request handlers; cheap to share behind an `Arc`.
@@ -128,29 +181,24 @@ impl Broker {
     pub async fn write(&self, key: Key, value: f64) -> Result<(), BrokerError> {
         let link = self.current()?;
         let generation = link.generation;
-        let body = Request::Put { key, value }.to_vec();
-        let queue = self.queue.clone();
-        let properties = json_properties().with_delivery_mode(PERSISTENT);
-        // The publish and its confirm run in a task of their own so that a client hanging up
-        // or the deadline below never drops a pending confirm: lapin would keep it forever.
-        let confirm = tokio::spawn(async move {
-            let mandatory = BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            };
-            let writes = &link.writes;
-            writes
-                .basic_publish("".into(), queue, mandatory, &body, properties)
-                .await?
-                .await
-        });
-        let deadline_ms = self.deadline.as_millis() as u64;
-        let confirmation = match tokio::time::timeout(self.deadline, confirm).await {
-            Err(_) => return Err(BrokerError::Unconfirmed(deadline_ms)),
-            Ok(joined) => joined
-                .map_err(|err| BrokerError::Unavailable(format!("publish task failed: {err}")))?
-                .map_err(|err| self.link_failed(generation, err))?,
+        let (done, confirmed) = oneshot::channel();
+        let write = Write {
+            body: Request::Put { key, value }.to_vec(),
+            done,
         };
+        let call = async {
+            link.publisher
+                .send(write)
+                .await
+                .map_err(|_| BrokerError::Unavailable("the write publisher has stopped".into()))?;
+            confirmed
+                .await
+                .map_err(|_| BrokerError::Unavailable("the write publisher has stopped".into()))?
+                .map_err(|err| self.link_failed(generation, err))
+        };
+        let confirmation = tokio::time::timeout(self.deadline, call)
+            .await
+            .map_err(|_| BrokerError::Unconfirmed(self.deadline.as_millis() as u64))??;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => {
@@ -370,6 +418,8 @@ async fn open_link(
     writes
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    let (publisher, requests) = mpsc::channel(WRITE_QUEUE);
+    tokio::spawn(publish_writes(writes.clone(), queue.into(), requests));
     let reads = connection.create_channel().await?;
     // Direct reply-to must be consumed in no-ack mode, before the first read is published.
     let no_ack = BasicConsumeOptions {
@@ -387,6 +437,7 @@ async fn open_link(
     Ok((
         Link {
             generation,
+            publisher,
             writes,
             reads,
         },
