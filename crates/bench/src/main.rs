@@ -125,9 +125,9 @@ struct Report {
     rows: Vec<Row>,
     mixed: Row,
     large_table: Vec<Row>,
-    audits: Vec<(&'static str, Audit)>,
+    audits: Vec<(String, Audit)>,
     stale_reads: u64,
-    queues_left: Vec<(&'static str, u32)>,
+    queues_left: Vec<(String, u32)>,
     front_peak: u64,
     back_peak: u64,
     /// Largest RSS of (front, back) in the first and in the second half of the mixed run.
@@ -250,14 +250,18 @@ async fn benchmark(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<R
     let large_audit =
         check::audit_when_applied(&large.db_path, &large_written, Duration::from_secs(60)).await?;
     let large_left = large.stop().await?;
+    let large_name = format!("table of {} rows", args.preload_keys);
 
     Ok(Report {
         rows,
         mixed,
         large_table,
-        audits: vec![("fresh table", fresh_audit), ("1M-row table", large_audit)],
+        audits: vec![
+            ("fresh table".into(), fresh_audit),
+            (large_name.clone(), large_audit),
+        ],
         stale_reads,
-        queues_left: vec![("fresh table", fresh_left), ("1M-row table", large_left)],
+        queues_left: vec![("fresh table".into(), fresh_left), (large_name, large_left)],
         front_peak,
         back_peak,
         mixed_rss,
@@ -439,7 +443,7 @@ impl Report {
         );
         println!();
         println!(
-            "| {:<16} | {:>5} | {:>8} | {:>8} | {:>8} | {:>7} | {:>6} | {:>8} | {:>14} | {:>13} |",
+            "| {:<18} | {:>5} | {:>8} | {:>8} | {:>8} | {:>7} | {:>6} | {:>8} | {:>14} | {:>13} |",
             "run",
             "conns",
             "req/s",
@@ -452,7 +456,7 @@ impl Report {
             "back CPU µs/req"
         );
         println!(
-            "|{:-<18}|{:->7}|{:->10}|{:->10}|{:->10}|{:->9}|{:->8}|{:->10}|{:->18}|{:->17}|",
+            "|{:-<20}|{:->7}|{:->10}|{:->10}|{:->10}|{:->9}|{:->8}|{:->10}|{:->18}|{:->17}|",
             "", "", "", "", "", "", "", "", "", ""
         );
         for row in self
@@ -474,7 +478,7 @@ impl Report {
             let per_request =
                 |cpu: Duration| cpu.as_secs_f64() * 1e6 / row.run.requests.max(1) as f64;
             println!(
-                "| {:<16} | {:>5} | {:>8.0} | {:>8.2} | {:>8.2} | {:>7} | {:>6} | {:>8} | {:>16.1} | {:>15.1} |",
+                "| {:<18} | {:>5} | {:>8.0} | {:>8.2} | {:>8.2} | {:>7} | {:>6} | {:>8} | {:>16.1} | {:>15.1} |",
                 row.label,
                 row.run.connections,
                 row.run.per_second(),
