@@ -12,8 +12,8 @@
 //! The supervisor publishes the current channels through a `watch`; while there are none (broker
 //! down, reconnecting) every request is answered `503` at once instead of hanging.
 
+use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 use kv_protocol::{DIRECT_REPLY_TO, Key, Reply, Request, declare_topology};
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -79,43 +79,43 @@ struct Write {
 /// deadline) instead of piling up.
 const WRITE_QUEUE: usize = 1024;
 
-/// Publishes every write of one link, in order, and hands each its confirm.
+/// Publishes every write of one link and hands each its confirm.
 ///
 /// One task, because lapin numbers a publish for its confirm in one step and queues its frames
 /// in another: two tasks publishing at once on a multi-threaded runtime can send their frames in
 /// the opposite order of their numbers, and then the broker's confirm of one message resolves the
 /// other's. A write would get its `200` before RabbitMQ has it, and a read sent right after could
-/// overtake it (kv-bench's mixed run caught exactly that). The task also awaits every confirm,
-/// even those whose request has given up, since lapin keeps unawaited confirms forever.
+/// overtake it (kv-bench's mixed run caught exactly that). Inside this task both steps happen in
+/// the first poll of `basic_publish`, which nothing can interleave with, so the publishes can
+/// still overlap. The task also awaits every confirm, even those whose request has given up,
+/// since lapin keeps unawaited confirms forever.
 async fn publish_writes(writes: Channel, queue: ShortString, mut requests: mpsc::Receiver<Write>) {
     let mandatory = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
     };
     let properties = json_properties().with_delivery_mode(PERSISTENT);
-    let mut pending = FuturesUnordered::new();
+    let writes = &writes;
+    let mut in_flight = FuturesUnordered::new();
     loop {
         tokio::select! {
             request = requests.recv() => {
                 let Some(Write { body, done }) = request else { break };
-                let published = writes
-                    .basic_publish("".into(), queue.clone(), mandatory, &body, properties.clone())
-                    .await;
-                match published {
-                    Ok(confirm) => pending.push(confirm.map(move |result| (result, done))),
-                    Err(err) => {
-                        let _ = done.send(Err(err));
-                    }
-                }
+                let (queue, properties) = (queue.clone(), properties.clone());
+                in_flight.push(async move {
+                    let confirmed = async {
+                        writes
+                            .basic_publish("".into(), queue, mandatory, &body, properties)
+                            .await?
+                            .await
+                    };
+                    let _ = done.send(confirmed.await);
+                });
             }
-            Some((result, done)) = pending.next(), if !pending.is_empty() => {
-                let _ = done.send(result);
-            }
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
         }
     }
-    while let Some((result, done)) = pending.next().await {
-        let _ = done.send(result);
-    }
+    while in_flight.next().await.is_some() {}
 }
 
 /// Handle used by request handlers; cheap to share behind an `Arc`.

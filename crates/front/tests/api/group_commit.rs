@@ -21,7 +21,12 @@ async fn wait_for_backlog(app: &TestApp, count: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_read_in_a_backlog_sees_exactly_the_writes_queued_before_it() {
-    let mut app = spawn_app_with(Options::front_only()).await;
+    // The first read waits while the backlog is built: give it a deadline far beyond that.
+    let mut app = spawn_app_with(Options {
+        rpc_timeout_ms: 60_000,
+        ..Options::front_only()
+    })
+    .await;
     let app_address = app.address.clone();
     let mut reads = Vec::new();
     for round in 0..40u32 {
