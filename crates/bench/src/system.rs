@@ -111,6 +111,16 @@ pub fn memory_of(pid: u32) -> anyhow::Result<Memory> {
     })
 }
 
+/// A server the benchmark did not stop (it failed midway) is killed rather than left running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Memory {
     pub rss: u64,
