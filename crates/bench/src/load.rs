@@ -224,3 +224,43 @@ fn parse(stdout: &str, connections: usize) -> anyhow::Result<Run> {
     anyhow::ensure!(summary, "no KV-SUMMARY line");
     Ok(run)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_the_scripts_print() {
+        let stdout = "Running 10s test @ http://127.0.0.1:8080\n\
+                      KV-THREAD post-0- 5 3 2,5\n\
+                      KV-THREAD post-1- 2 2 \n\
+                      KV-STALE 0\n\
+                      KV-SUMMARY 10000000 7 650 2500 1 0\n";
+
+        let run = parse(stdout, 2).unwrap();
+
+        assert_eq!(run.requests, 7);
+        assert_eq!(run.elapsed, Duration::from_secs(10));
+        assert_eq!(
+            (run.p50, run.p99),
+            (Duration::from_micros(650), Duration::from_micros(2500))
+        );
+        assert_eq!((run.non_2xx, run.socket_errors), (1, 0));
+        let acknowledged: Vec<_> = run.writes.iter().flat_map(Writes::acknowledged).collect();
+        assert_eq!(
+            acknowledged,
+            [
+                ("post-0-1".to_owned(), 1.0),
+                ("post-0-3".to_owned(), 3.0),
+                ("post-0-4".to_owned(), 4.0),
+                ("post-1-1".to_owned(), 1.0),
+                ("post-1-2".to_owned(), 2.0),
+            ]
+        );
+    }
+
+    #[test]
+    fn output_without_a_summary_is_an_error() {
+        assert!(parse("wrk: unable to connect\n", 1).is_err());
+    }
+}
