@@ -5,3 +5,16 @@ pub mod check;
 pub mod load;
 pub mod probe;
 pub mod system;
+
+/// The broker both binaries measure, named as the servers name it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Broker {
+    /// The AMQP URL of RabbitMQ.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+}

@@ -16,13 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    broker: kv_bench::Broker,
     /// Where front-server and back-server are; by default, next to this binary.
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -95,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
         args.probe_seconds
     );
     let limits = probe::measure(
-        &args.amqp_url,
+        &args.broker.amqp_url,
         Duration::from_secs(args.probe_seconds),
         args.most_connections(),
     )
@@ -141,7 +136,7 @@ async fn benchmark(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<R
     let most = args.most_connections();
 
     // Part 1: a fresh table. POST and GET at each connection count, then the long mixed run.
-    let instance = Instance::start(bin_dir, work, "fresh", &args.amqp_url, id).await?;
+    let instance = Instance::start(bin_dir, work, "fresh", &args.broker.amqp_url, id).await?;
     let mut rows = Vec::new();
     let mut warmups = Vec::new();
     for &connections in &args.connections {
@@ -227,7 +222,7 @@ async fn benchmark(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<R
         bin_dir,
         work,
         "large",
-        &args.amqp_url,
+        &args.broker.amqp_url,
         id,
         args.preload_keys,
     )

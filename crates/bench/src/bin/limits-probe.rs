@@ -8,13 +8,8 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    broker: kv_bench::Broker,
     /// Seconds each probe runs.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -27,7 +22,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let limits = kv_bench::probe::measure(
-        &args.amqp_url,
+        &args.broker.amqp_url,
         Duration::from_secs(args.seconds),
         args.in_flight,
     )
