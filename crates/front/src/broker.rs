@@ -217,7 +217,7 @@ impl Broker {
     }
 
     /// Asks the back-server for the value under `key` and waits for its reply until the deadline.
-    pub async fn read(&self, key: Key) -> Result<Option<f64>, BrokerError> {
+    pub async fn read(&self, key: &Key) -> Result<Option<f64>, BrokerError> {
         let link = self.current()?;
         let mut waiting = self.replies.register();
         let properties = json_properties()

@@ -60,14 +60,15 @@ impl fmt::Display for Key {
     }
 }
 
-/// A message on the request queue.
+/// A message on the request queue. Parsed as `Request` (owning its [`Key`]); built as
+/// `Request<&Key>` too, so that a sender can serialize a key it still needs without copying it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Request {
+pub enum Request<K = Key> {
     /// Upsert `value` under `key`.
-    Put { key: Key, value: f64 },
+    Put { key: K, value: f64 },
     /// Read the value under `key`; answered with a [`Reply`].
-    Get { key: Key },
+    Get { key: K },
 }
 
 impl Request {
@@ -76,7 +77,9 @@ impl Request {
     pub fn from_slice(body: &[u8]) -> serde_json::Result<Self> {
         serde_json::from_slice(body)
     }
+}
 
+impl<K: Serialize> Request<K> {
     pub fn to_vec(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a request always serializes")
     }
@@ -111,9 +114,8 @@ mod tests {
             value: -0.5,
         };
         assert_eq!(Request::from_slice(&put.to_vec()).unwrap(), put);
-        let get = Request::Get {
-            key: Key::parse("k").unwrap(),
-        };
+        let key = Key::parse("k").unwrap();
+        let get = Request::Get { key: &key };
         assert_eq!(get.to_vec(), br#"{"op":"get","key":"k"}"#);
     }
 

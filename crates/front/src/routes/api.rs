@@ -46,7 +46,7 @@ async fn read(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Success<f64>>, ApiError> {
     let key = parse_key_query(query.as_deref())?;
-    match state.broker.read(key.clone()).await? {
+    match state.broker.read(&key).await? {
         Some(value) => Ok(success(value)),
         None => Err(ApiError::KeyNotFound(key)),
     }
