@@ -170,6 +170,11 @@ impl Broker {
         }
     }
 
+    /// Whether a link to RabbitMQ is up right now, i.e. requests would not get `503` for lack of it.
+    pub fn is_connected(&self) -> bool {
+        self.link.borrow().is_some()
+    }
+
     fn current(&self) -> Result<Arc<Link>, BrokerError> {
         self.link
             .borrow()

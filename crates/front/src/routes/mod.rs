@@ -2,6 +2,7 @@
 
 mod api;
 mod fallback;
+mod health;
 
 use crate::broker::Broker;
 use crate::error::ApiError;
@@ -23,6 +24,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api::router())
+        .merge(health::router())
         .fallback(fallback::not_found)
         .method_not_allowed_fallback(fallback::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit))

@@ -6,6 +6,7 @@ mod consistency;
 mod dead_letter;
 mod errors;
 mod group_commit;
+mod health;
 mod helpers;
 mod late_reply;
 mod process;
