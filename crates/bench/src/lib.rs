@@ -13,7 +13,7 @@ pub struct Broker {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        default_value = kv_protocol::DEFAULT_AMQP_URL,
         hide_env_values = true
     )]
     pub amqp_url: String,

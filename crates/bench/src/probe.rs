@@ -106,12 +106,13 @@ async fn durable_writes(amqp_url: &str, duration: Duration) -> anyhow::Result<f6
         )
         .await?;
 
-    let stop = CancellationFlag::default();
+    // Both halves run in this one task (`try_join!`), so a plain cell tells the publisher to stop.
+    let stop = std::cell::Cell::new(false);
     let publishing = async {
         let persistent = BasicProperties::default().with_delivery_mode(2);
         let target: ShortString = queue.as_str().into();
         let mut confirms = FuturesUnordered::new();
-        while !stop.is_set() {
+        while !stop.get() {
             while confirms.len() < CONFIRM_WINDOW {
                 let confirm = publish_channel
                     .basic_publish(
@@ -147,7 +148,7 @@ async fn durable_writes(amqp_url: &str, duration: Duration) -> anyhow::Result<f6
             }
             delivery.ack(BasicAckOptions { multiple: true }).await?;
         }
-        stop.set();
+        stop.set(true);
         anyhow::Ok(consumed)
     };
     let ((), consumed) = tokio::try_join!(publishing, consuming)?;
@@ -158,20 +159,6 @@ async fn durable_writes(amqp_url: &str, duration: Duration) -> anyhow::Result<f6
     let _ = consumer.close(200, "probe done".into()).await;
     let _ = publisher.close(200, "probe done".into()).await;
     Ok(consumed as f64 / duration.as_secs_f64())
-}
-
-/// Set once, read many times: tells the publisher that the measurement is over.
-#[derive(Default)]
-struct CancellationFlag(std::sync::atomic::AtomicBool);
-
-impl CancellationFlag {
-    fn set(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn is_set(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed)
-    }
 }
 
 type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<()>>>>;

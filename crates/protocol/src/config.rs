@@ -7,6 +7,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use yaml_rust2::{Yaml, YamlLoader};
 
+/// RabbitMQ on this machine with its stock account: what every program here connects to by default.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// How to reach RabbitMQ and which queue carries the requests.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpSettings {
@@ -15,7 +18,7 @@ pub struct AmqpSettings {
         long,
         env = "AMQP_URL",
         value_name = "URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        default_value = DEFAULT_AMQP_URL,
         hide_env_values = true
     )]
     pub amqp_url: String,

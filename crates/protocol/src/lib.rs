@@ -57,7 +57,7 @@ mod signal;
 mod telemetry;
 mod topology;
 
-pub use config::{AmqpSettings, parse_with_config_file};
+pub use config::{AmqpSettings, DEFAULT_AMQP_URL, parse_with_config_file};
 pub use connect::{connect_with_backoff, redact};
 pub use message::{Key, KeyError, MAX_KEY_BYTES, Reply, Request};
 pub use signal::shutdown_signal;

@@ -2,8 +2,7 @@
 //! with the reason, and the queue goes on.
 
 use crate::helpers::{PATIENCE, json, spawn_app};
-use lapin::BasicProperties;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicGetOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
 use std::time::{Duration, Instant};
 
@@ -15,24 +14,11 @@ async fn a_malformed_message_is_dead_lettered_and_the_next_write_is_applied() {
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    let persistent = BasicProperties::default().with_delivery_mode(2);
     for body in [
         &b"not json at all"[..],
         br#"{"op":"put","key":"","value":1}"#,
     ] {
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                app.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                persistent.clone(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack());
+        app.publish_raw(&channel, body).await;
     }
 
     app.put("after", 5.0).await;

@@ -3,8 +3,7 @@
 //! and takes it in batches (of at most 32 here), then checks answers, SQLite and the queues.
 
 use crate::helpers::{Options, PATIENCE, TestApp, json, spawn_app_with};
-use lapin::BasicProperties;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicGetOptions, ConfirmSelectOptions};
 use std::time::Duration;
 
 /// Waits until `count` messages are ready in the app's request queue.
@@ -77,19 +76,7 @@ async fn a_malformed_message_inside_a_batch_is_dead_lettered_and_the_rest_applie
         b"garbage at the end",
     ];
     for body in bodies {
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                app.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack());
+        app.publish_raw(&channel, body).await;
     }
 
     app.start_back().await;

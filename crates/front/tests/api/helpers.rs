@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
 pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("AMQP_URL").unwrap_or_else(|_| kv_protocol::DEFAULT_AMQP_URL.into())
 }
 
 /// A queue name no other test or concurrent run uses.
@@ -260,6 +260,24 @@ impl TestApp {
             .expect("the test reaches RabbitMQ");
         let channel = connection.create_channel().await.unwrap();
         (connection, channel)
+    }
+
+    /// Puts `body` on the request queue as a persistent message, as a hand-crafted or foreign
+    /// sender would, and waits for RabbitMQ's ack. `channel` must be in confirm mode.
+    pub async fn publish_raw(&self, channel: &lapin::Channel, body: &[u8]) {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
     }
 
     /// How many messages wait in `queue` (ready, not yet delivered to a consumer).
