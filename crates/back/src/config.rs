@@ -30,4 +30,14 @@ pub struct Config {
     #[arg(long, env = "BATCH_SIZE", value_name = "COUNT", default_value_t = 128,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub batch_size: u16,
+
+    /// How many times a message may come back unfinished (each try crashed or stopped the
+    /// back-server) before it is moved to `<KV_QUEUE>.dead` instead of being tried again.
+    #[arg(
+        long,
+        env = "MAX_REDELIVERIES",
+        value_name = "COUNT",
+        default_value_t = 5
+    )]
+    pub max_redeliveries: u32,
 }

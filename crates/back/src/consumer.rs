@@ -6,6 +6,10 @@
 //! RabbitMQ has already handed over (up to the batch size), and applies them all in one
 //! transaction. It never waits to fill a batch, so a lone request is served at once, and under
 //! load one `fsync` and one `multiple` ack serve a whole batch.
+//!
+//! Poison messages: an unparseable message is dead-lettered at once. A message that RabbitMQ
+//! redelivers (the back-server stopped or crashed while holding it) is tried alone, and only up to
+//! `MAX_REDELIVERIES` times, so one that crashes the back-server cannot block the queue forever.
 
 use crate::config::Config;
 use crate::store::{Outcome, Store, StoreError};
@@ -65,6 +69,7 @@ pub async fn consume(
         dead_channel: &dead_channel,
         store,
         queue,
+        max_redeliveries: config.max_redeliveries,
         shutdown,
     };
     let mut batch = Vec::with_capacity(batch_size);
@@ -112,6 +117,7 @@ pub async fn consume(
 
 #[derive(Debug, PartialEq, Eq)]
 enum Handled {
+    /// Done with (applied or dead-lettered) and acked.
     Acked,
     /// Shutdown came while the store was failing; the batch stays unacked for redelivery.
     Interrupted,
@@ -122,15 +128,70 @@ struct Worker<'a> {
     dead_channel: &'a Channel,
     store: &'a Store,
     queue: &'a str,
+    max_redeliveries: u32,
     shutdown: &'a CancellationToken,
 }
 
 impl Worker<'_> {
-    /// Handles a batch of deliveries, in order, and empties it.
+    /// Handles a batch of deliveries, in order, and empties it. First deliveries are applied
+    /// together; a redelivered one alone (see [`Self::handle_redelivered`]).
     async fn handle(&self, batch: &mut Vec<Delivery>) -> anyhow::Result<Handled> {
-        let mut requests = Vec::with_capacity(batch.len());
-        let mut applied = Vec::with_capacity(batch.len());
+        let mut group = Vec::with_capacity(batch.len());
         for delivery in batch.drain(..) {
+            if !delivery.redelivered {
+                group.push(delivery);
+                continue;
+            }
+            if self.handle_group(&mut group).await? == Handled::Interrupted
+                || self.handle_redelivered(delivery).await? == Handled::Interrupted
+            {
+                return Ok(Handled::Interrupted);
+            }
+        }
+        self.handle_group(&mut group).await
+    }
+
+    /// A redelivered message was in hand when the back-server crashed, stopped or lost its link.
+    /// If it is what crashes the back-server, it would come back forever and block the queue:
+    /// so each try is counted in SQLite before it starts (a crash cannot lose the count), and past
+    /// the limit the message is dead-lettered. Alone, so that its neighbours are not counted for it.
+    async fn handle_redelivered(&self, delivery: Delivery) -> anyhow::Result<Handled> {
+        let message: Arc<[u8]> = match delivery.properties.message_id() {
+            Some(id) => id.as_str().as_bytes().into(),
+            None => delivery.data.as_slice().into(),
+        };
+        let Some(attempts) = self
+            .retrying(|| self.store.count_attempt(message.clone()))
+            .await?
+        else {
+            return Ok(Handled::Interrupted);
+        };
+        if attempts > self.max_redeliveries {
+            let reason = format!(
+                "redelivered {attempts} times: each try ended with the back-server stopping \
+                 or crashing before it could acknowledge the message"
+            );
+            tracing::error!(delivery_tag = delivery.delivery_tag, %reason, "dead-lettering a message");
+            self.dead_letter(&delivery, &reason).await?;
+            delivery.ack(BasicAckOptions::default()).await?;
+        } else if self.handle_group(&mut vec![delivery]).await? == Handled::Interrupted {
+            return Ok(Handled::Interrupted);
+        }
+        let forgotten = self
+            .retrying(|| self.store.forget_attempts(message.clone()))
+            .await?;
+        Ok(match forgotten {
+            Some(()) => Handled::Acked,
+            None => Handled::Interrupted,
+        })
+    }
+
+    /// Applies deliveries in one transaction, replies to the reads among them, then acks them
+    /// all with one `multiple` ack; empties `group`.
+    async fn handle_group(&self, group: &mut Vec<Delivery>) -> anyhow::Result<Handled> {
+        let mut requests = Vec::with_capacity(group.len());
+        let mut applied = Vec::with_capacity(group.len());
+        for delivery in group.drain(..) {
             match Request::from_slice(&delivery.data) {
                 Ok(request) => {
                     requests.push(request);
@@ -148,9 +209,16 @@ impl Worker<'_> {
         let Some(last) = applied.last() else {
             return Ok(Handled::Acked);
         };
-        let Some(outcomes) = self.apply(requests.into()).await? else {
+        // A crash before the transaction: the fault tests' stand-in for a message that kills us.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("before-apply", |_| std::process::abort());
+        let requests: Arc<[Request]> = requests.into();
+        let Some(outcomes) = self.retrying(|| self.store.apply(requests.clone())).await? else {
             return Ok(Handled::Interrupted);
         };
+        // A crash after the commit, before the ack: RabbitMQ redelivers what SQLite already has.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("after-commit", |_| std::process::abort());
         // Replies go to different requesters, so they need no order among themselves.
         let replies = applied
             .iter()
@@ -166,23 +234,29 @@ impl Worker<'_> {
         Ok(Handled::Acked)
     }
 
-    /// Applies a batch, retrying while the database refuses (disk full, file made read-only…):
-    /// the messages stay unacked in the meantime, so nothing is lost and order is kept.
-    /// `None` if shutdown interrupted the retries; an error only if the store thread is gone.
-    async fn apply(&self, requests: Arc<[Request]>) -> Result<Option<Vec<Outcome>>, StoreError> {
+    /// Runs a store operation, retrying while the database refuses (disk full, file made
+    /// read-only…): the messages stay unacked in the meantime, so nothing is lost and order is
+    /// kept. `None` if shutdown interrupted the retries; an error only if the store thread is gone.
+    async fn retrying<T, F>(
+        &self,
+        mut operation: impl FnMut() -> F,
+    ) -> Result<Option<T>, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
         let mut delay = FIRST_STORE_RETRY;
         let mut failing = false;
         loop {
-            match self.store.apply(requests.clone()).await {
-                Ok(outcomes) => {
+            match operation().await {
+                Ok(done) => {
                     if failing {
                         tracing::info!("the database accepts writes again");
                     }
-                    return Ok(Some(outcomes));
+                    return Ok(Some(done));
                 }
                 Err(err @ StoreError::Stopped) => return Err(err),
                 Err(err) => {
-                    tracing::error!(%err, retry_in = ?delay, "cannot apply requests; they stay queued");
+                    tracing::error!(%err, retry_in = ?delay, "the database refused; the messages stay queued");
                     failing = true;
                 }
             }

@@ -16,6 +16,8 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 pub struct Application {
     config: Config,
     uri: AMQPUri,
+    /// Shown in RabbitMQ's connection list, so operators (and tests) can tell whose it is.
+    connection_name: String,
     store: Store,
 }
 
@@ -23,11 +25,18 @@ impl Application {
     /// Checks the settings and opens the database; does not need RabbitMQ to be up.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let uri = config.amqp.uri()?;
+        survive_file_size_limit()?;
         let store = Store::open(&config.db_path)
             .await
             .with_context(|| format!("open the database {}", config.db_path.display()))?;
         tracing::info!(db = %config.db_path.display(), "database ready");
-        Ok(Self { config, uri, store })
+        let connection_name = format!("back-server ({})", config.amqp.queue);
+        Ok(Self {
+            config,
+            uri,
+            connection_name,
+            store,
+        })
     }
 
     /// Serves until `shutdown` completes: finishes the message in hand, cancels the consumer,
@@ -53,7 +62,7 @@ impl Application {
 
     async fn serve(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         while let Some(connection) =
-            kv_protocol::connect_with_backoff(&self.uri, "back-server", shutdown).await
+            kv_protocol::connect_with_backoff(&self.uri, &self.connection_name, shutdown).await
         {
             let result = consume(&connection, &self.store, &self.config, shutdown).await;
             match result {
@@ -81,4 +90,14 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// A write past the process's file size limit (`ulimit -f`) raises SIGXFSZ, whose default action
+/// kills the process. Like PostgreSQL, ignore it: the write then fails with EFBIG, SQLite reports
+/// it, and the batch is retried like any other refused write, which is what a full disk gets too.
+/// tokio keeps its handler installed for the life of the process once registered.
+fn survive_file_size_limit() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _handled = signal(SignalKind::from_raw(libc::SIGXFSZ)).context("handle SIGXFSZ")?;
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! The SQLite store. One dedicated thread owns the connection and applies batches of requests,
 //! each in one transaction; async code talks to it through a bounded channel, so the runtime never
 //! blocks on disk and a slow disk pushes back on the consumer instead of queueing without limit.
+//! It also keeps the redelivery counts that let the consumer set aside a message that keeps
+//! crashing the back-server.
 
 use kv_protocol::Request;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -10,12 +12,17 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_create_kv.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_create_kv.sql"),
+    include_str!("../migrations/0002_create_redeliveries.sql"),
+];
 
 const UPSERT: &str = "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 const SELECT: &str = "SELECT value FROM kv WHERE key = ?1";
+const COUNT_ATTEMPT: &str = "INSERT INTO redeliveries (message, attempts) VALUES (?1, 1) ON CONFLICT (message) DO UPDATE SET attempts = attempts + 1 RETURNING attempts";
+const FORGET_ATTEMPTS: &str = "DELETE FROM redeliveries WHERE message = ?1";
 
-/// Batches waiting for the store thread. Small: the consumer waits for each batch anyway.
+/// Jobs waiting for the store thread. Small: the consumer waits for each one anyway.
 const QUEUE_DEPTH: usize = 4;
 
 /// What applying one request produced.
@@ -42,10 +49,9 @@ pub struct Store {
     thread: JoinHandle<()>,
 }
 
-struct Job {
-    requests: Arc<[Request]>,
-    done: oneshot::Sender<Result<Vec<Outcome>, rusqlite::Error>>,
-}
+/// Work for the store thread: it runs the closure on the connection, and the closure sends the
+/// result back to whoever waits for it.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 impl Store {
     /// Opens (or creates) the database on the store thread and brings its schema up to date.
@@ -73,12 +79,39 @@ impl Store {
     /// Either all of them are committed or none is. Shared rather than owned, so that a caller
     /// retrying after an error sends the same batch again without copying it.
     pub async fn apply(&self, requests: Arc<[Request]>) -> Result<Vec<Outcome>, StoreError> {
-        let (done, outcome) = oneshot::channel();
-        self.jobs
-            .send(Job { requests, done })
+        self.call(move |connection| apply_batch(connection, &requests))
             .await
-            .map_err(|_| StoreError::Stopped)?;
-        Ok(outcome.await.map_err(|_| StoreError::Stopped)??)
+    }
+
+    /// Records that processing of a redelivered `message` begins once more, durably, and returns
+    /// how many times it has begun so far.
+    pub async fn count_attempt(&self, message: Arc<[u8]>) -> Result<u32, StoreError> {
+        self.call(move |connection| {
+            connection.query_row(COUNT_ATTEMPT, [&*message], |row| row.get(0))
+        })
+        .await
+    }
+
+    /// Drops the count of a message that is done with (applied or dead-lettered).
+    pub async fn forget_attempts(&self, message: Arc<[u8]>) -> Result<(), StoreError> {
+        self.call(move |connection| {
+            connection.execute(FORGET_ATTEMPTS, [&*message])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `work` on the store thread and waits for its result.
+    async fn call<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move |connection| {
+            let _ = done.send(work(connection));
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Stopped)?;
+        Ok(result.await.map_err(|_| StoreError::Stopped)??)
     }
 
     /// Stops the thread after the work already sent, and waits for it to close the database.
@@ -113,8 +146,7 @@ fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
 
 fn serve(mut connection: Connection, mut jobs: mpsc::Receiver<Job>) {
     while let Some(job) = jobs.blocking_recv() {
-        let result = apply_batch(&mut connection, &job.requests);
-        let _ = job.done.send(result);
+        job(&mut connection);
     }
 }
 
@@ -206,6 +238,22 @@ mod tests {
         let outcomes = store.apply(Arc::new([get("kept")])).await.unwrap();
 
         assert_eq!(outcomes, [Outcome::Value(Some(-3.25))]);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn attempts_count_up_per_message_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kv.db")).await.unwrap();
+        let (a, b): (Arc<[u8]>, Arc<[u8]>) = (Arc::from(&b"a"[..]), Arc::from(&b"b"[..]));
+
+        assert_eq!(store.count_attempt(a.clone()).await.unwrap(), 1);
+        assert_eq!(store.count_attempt(a.clone()).await.unwrap(), 2);
+        assert_eq!(store.count_attempt(b.clone()).await.unwrap(), 1);
+        store.forget_attempts(a.clone()).await.unwrap();
+
+        assert_eq!(store.count_attempt(a).await.unwrap(), 1);
+        assert_eq!(store.count_attempt(b).await.unwrap(), 2);
         store.close().await;
     }
 

@@ -72,6 +72,7 @@ struct Link {
 /// A write for [`publish_writes`] and where to send RabbitMQ's confirm of it.
 struct Write {
     body: Vec<u8>,
+    id: ShortString,
     done: oneshot::Sender<lapin::Result<Confirmation>>,
 }
 
@@ -100,8 +101,9 @@ async fn publish_writes(writes: Channel, queue: ShortString, mut requests: mpsc:
     loop {
         tokio::select! {
             request = requests.recv() => {
-                let Some(Write { body, done }) = request else { break };
-                let (queue, properties) = (queue.clone(), properties.clone());
+                let Some(Write { body, id, done }) = request else { break };
+                let queue = queue.clone();
+                let properties = properties.clone().with_message_id(id);
                 in_flight.push(async move {
                     let confirmed = async {
                         writes
@@ -144,6 +146,7 @@ impl Broker {
         let broken = watch::Sender::new(0);
         let supervisor = Supervisor {
             uri,
+            connection_name: format!("front-server ({queue})"),
             queue: queue.to_owned(),
             link: link_sender,
             replies: replies.clone(),
@@ -189,6 +192,7 @@ impl Broker {
         let (done, confirmed) = oneshot::channel();
         let write = Write {
             body: Request::Put { key, value }.to_vec(),
+            id: message_id(),
             done,
         };
         let call = async {
@@ -226,6 +230,7 @@ impl Broker {
         let link = self.current()?;
         let mut waiting = self.replies.register();
         let properties = json_properties()
+            .with_message_id(message_id())
             .with_correlation_id(waiting.id.to_string().into())
             .with_reply_to(DIRECT_REPLY_TO.into())
             .with_expiration(self.expiration.clone());
@@ -260,6 +265,11 @@ impl Broker {
 
 fn json_properties() -> BasicProperties {
     BasicProperties::default().with_content_type("application/json".into())
+}
+
+/// A unique id for each message: the back-server counts redeliveries by it (see its consumer).
+fn message_id() -> ShortString {
+    uuid::Uuid::new_v4().hyphenated().to_string().into()
 }
 
 /// Reads waiting for their reply, by correlation id.
@@ -336,6 +346,8 @@ impl Drop for Waiting<'_> {
 /// anything in the link breaks.
 struct Supervisor {
     uri: AMQPUri,
+    /// Shown in RabbitMQ's connection list, so operators (and tests) can tell whose it is.
+    connection_name: String,
     queue: String,
     link: watch::Sender<Option<Arc<Link>>>,
     replies: Arc<PendingReplies>,
@@ -347,7 +359,8 @@ impl Supervisor {
     async fn run(self) {
         let mut generation = 0;
         while let Some(connection) =
-            kv_protocol::connect_with_backoff(&self.uri, "front-server", &self.shutdown).await
+            kv_protocol::connect_with_backoff(&self.uri, &self.connection_name, &self.shutdown)
+                .await
         {
             generation += 1;
             match open_link(&connection, &self.queue, generation).await {

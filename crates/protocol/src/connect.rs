@@ -11,13 +11,20 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 /// A TCP connect to an unreachable host can hang for minutes; a try must end sooner.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeat interval unless the URL sets one (`?heartbeat=N`). lapin drops a connection that
+/// stays silent for two intervals; RabbitMQ's default of 60 s would leave a link cut by the network
+/// (no FIN, no RST) looking alive for two minutes.
+const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 
 impl AmqpSettings {
     /// Checks the URL once at start-up, so a typo fails fast instead of being retried forever.
     pub fn uri(&self) -> anyhow::Result<AMQPUri> {
-        self.amqp_url
+        let mut uri: AMQPUri = self
+            .amqp_url
             .parse()
-            .map_err(|err| anyhow::anyhow!("invalid AMQP_URL {}: {err}", redact(&self.amqp_url)))
+            .map_err(|err| anyhow::anyhow!("invalid AMQP_URL {}: {err}", redact(&self.amqp_url)))?;
+        uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+        Ok(uri)
     }
 }
 
@@ -78,6 +85,18 @@ fn redact_uri(uri: &AMQPUri) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_heartbeat_is_set_unless_the_url_sets_one() {
+        let settings = |url: &str| AmqpSettings {
+            amqp_url: url.into(),
+            queue: "q".into(),
+        };
+        let default = settings("amqp://h/%2f").uri().unwrap();
+        let chosen = settings("amqp://h/%2f?heartbeat=30").uri().unwrap();
+        assert_eq!(default.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
+        assert_eq!(chosen.query.heartbeat, Some(30));
+    }
 
     #[test]
     fn redacted_urls_keep_everything_but_the_password() {

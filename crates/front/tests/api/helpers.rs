@@ -155,6 +155,7 @@ impl TestApp {
             db_path: self.db_path.clone(),
             prefetch: 64,
             batch_size: 32,
+            max_redeliveries: 5,
         };
         let back = back_server::Application::build(config)
             .await
