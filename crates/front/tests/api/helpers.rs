@@ -1,6 +1,7 @@
 //! `spawn_app()` and the `TestApp` it returns: both servers on a fresh queue and database, with
 //! request helpers and direct looks into SQLite and RabbitMQ.
 
+use crate::processes::{ServerProcess, back_server_binary, front_server_binary};
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -32,11 +33,15 @@ pub fn unique_queue() -> String {
 }
 
 pub struct Options {
+    /// Run the front-server in this process (else the test starts its own, e.g. as a process).
+    pub front_server: bool,
     pub back_server: bool,
     /// Wait until the front-server has reached RabbitMQ before returning.
     pub wait_for_broker: bool,
     pub rpc_timeout_ms: u64,
     pub amqp_url: String,
+    /// Whether the test shares RabbitMQ (most) or needs it alone (one that restarts it).
+    pub broker: Lock,
 }
 
 impl Options {
@@ -47,15 +52,27 @@ impl Options {
             ..Self::default()
         }
     }
+
+    /// No server in this process: the test starts them as processes.
+    pub fn no_servers() -> Self {
+        Self {
+            front_server: false,
+            back_server: false,
+            wait_for_broker: false,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
+            front_server: true,
             back_server: true,
             wait_for_broker: true,
             rpc_timeout_ms: 5000,
             amqp_url: amqp_url(),
+            broker: Lock::Shared,
         }
     }
 }
@@ -96,6 +113,7 @@ pub struct TestApp {
     front: Option<Running>,
     back: Option<Running>,
     _dir: tempfile::TempDir,
+    _broker_lock: std::fs::File,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -103,44 +121,80 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
+    let broker_lock = lock_broker(options.broker);
     let dir = tempfile::tempdir().unwrap();
-    let queue = unique_queue();
-    let config = front_server::Config {
-        config: None,
-        amqp: kv_protocol::AmqpSettings {
-            amqp_url: options.amqp_url.clone(),
-            queue: queue.clone(),
-        },
-        listen: "127.0.0.1:0".parse().unwrap(),
-        rpc_timeout_ms: options.rpc_timeout_ms,
-        body_limit_bytes: 64 * 1024,
-    };
-    let front = front_server::Application::build(config)
-        .await
-        .expect("front-server builds");
-    let address = format!("http://{}", front.local_addr());
-    let ready = front.ready();
-    let (stop, stopped) = stop_signal();
-    let task = tokio::spawn(front.run_until_stopped(stopped));
     let mut app = TestApp {
-        address,
+        address: String::new(),
         client: reqwest::Client::new(),
-        queue,
+        queue: unique_queue(),
         db_path: dir.path().join("kv.db"),
-        amqp_url: options.amqp_url,
-        front: Some(Running { stop, task }),
+        amqp_url: options.amqp_url.clone(),
+        front: None,
         back: None,
         _dir: dir,
+        _broker_lock: broker_lock,
     };
-    if options.back_server {
+    if options.front_server {
+        let config = front_server::Config {
+            config: None,
+            amqp: kv_protocol::AmqpSettings {
+                amqp_url: options.amqp_url.clone(),
+                queue: app.queue.clone(),
+            },
+            listen: "127.0.0.1:0".parse().unwrap(),
+            rpc_timeout_ms: options.rpc_timeout_ms,
+            body_limit_bytes: 64 * 1024,
+        };
+        let front = front_server::Application::build(config)
+            .await
+            .expect("front-server builds");
+        app.address = format!("http://{}", front.local_addr());
+        let ready = front.ready();
+        let (stop, stopped) = stop_signal();
+        let task = tokio::spawn(front.run_until_stopped(stopped));
+        app.front = Some(Running { stop, task });
+        if options.back_server {
+            app.start_back().await;
+        }
+        if options.wait_for_broker {
+            tokio::time::timeout(PATIENCE, ready)
+                .await
+                .expect("the front-server reaches RabbitMQ");
+        }
+    } else if options.back_server {
         app.start_back().await;
     }
-    if options.wait_for_broker {
-        tokio::time::timeout(PATIENCE, ready)
-            .await
-            .expect("the front-server reaches RabbitMQ");
-    }
     app
+}
+
+/// How a test uses the shared broker: most share it; one that restarts it needs it alone.
+#[derive(Debug, Clone, Copy)]
+pub enum Lock {
+    Shared,
+    #[allow(
+        dead_code,
+        reason = "used by tests/broker_restart.rs, which shares this file"
+    )]
+    Exclusive,
+}
+
+/// A lock on a file every test run on this machine agrees on, held while a test uses RabbitMQ:
+/// a test that restarts the broker takes it exclusively, so it never pulls the broker from under
+/// another test, of this run or of a concurrent one.
+pub fn lock_broker(how: Lock) -> std::fs::File {
+    let path = std::env::temp_dir().join("kv-over-rabbitmq.broker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|err| panic!("open {}: {err}", path.display()));
+    match how {
+        Lock::Shared => file.lock_shared(),
+        Lock::Exclusive => file.lock(),
+    }
+    .expect("lock the broker lock file");
+    file
 }
 
 impl TestApp {
@@ -163,6 +217,45 @@ impl TestApp {
         let (stop, stopped) = stop_signal();
         let task = tokio::spawn(back.run_until_stopped(stopped));
         self.back = Some(Running { stop, task });
+    }
+
+    /// Starts the back-server binary on this test's queue and database; `env` adds or overrides
+    /// settings. Does not wait for it to be ready.
+    pub fn start_back_process(&self, env: &[(&str, &str)]) -> ServerProcess {
+        let mut settings = vec![
+            ("AMQP_URL", self.amqp_url.as_str()),
+            ("KV_QUEUE", self.queue.as_str()),
+            ("DB_PATH", self.db_path.to_str().unwrap()),
+            ("PREFETCH", "64"),
+            ("BATCH_SIZE", "32"),
+        ];
+        settings.extend_from_slice(env);
+        ServerProcess::start("back-server", back_server_binary(), &settings)
+    }
+
+    /// Starts the front-server binary on this test's queue, makes it the server this test's
+    /// requests go to, and waits until it has reached RabbitMQ.
+    pub async fn start_front_process(&mut self, env: &[(&str, &str)]) -> ServerProcess {
+        assert!(
+            self.front.is_none(),
+            "a front-server already runs in process"
+        );
+        let mut settings = vec![
+            ("AMQP_URL", self.amqp_url.as_str()),
+            ("KV_QUEUE", self.queue.as_str()),
+            ("FRONT_LISTEN", "127.0.0.1:0"),
+        ];
+        settings.extend_from_slice(env);
+        let front = ServerProcess::start("front-server", front_server_binary(), &settings);
+        let listening = front.wait_for_log("listening").await;
+        let address = listening
+            .split("address=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {listening:?}"));
+        self.address = format!("http://{address}");
+        front.wait_for_log("ready: publishing to RabbitMQ").await;
+        front
     }
 
     pub async fn stop_back(&mut self) {
@@ -233,6 +326,21 @@ impl TestApp {
             .unwrap();
         let mut rows = statement.query([key]).unwrap();
         rows.next().unwrap().map(|row| row.get(0).unwrap())
+    }
+
+    /// Every key and value in SQLite, read straight from the database file.
+    pub fn db_values(&self) -> std::collections::HashMap<String, f64> {
+        let connection = rusqlite::Connection::open_with_flags(
+            &self.db_path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open the database");
+        let mut statement = connection.prepare("SELECT key, value FROM kv").unwrap();
+        statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     pub fn db_row_count(&self) -> i64 {
@@ -345,6 +453,21 @@ impl Drop for TestApp {
         });
         let _ = cleanup.join();
     }
+}
+
+/// Runs `rabbitmqctl` (the broker's own admin tool, on this machine) and returns its output.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl: these tests need the local RabbitMQ's admin tool");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?}: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
 }
 
 /// The body of a response, parsed, with its status.

@@ -1,0 +1,168 @@
+//! Clients that keep writing while a test breaks something, and the audit afterwards: SQLite must
+//! hold every write that got a `200`, with each key's last acknowledged value (or a later one whose
+//! answer was lost, since a write that failed for its client may still have reached RabbitMQ).
+
+use crate::helpers::{PATIENCE, TestApp};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One POST and how it ended: the status, or the client's error.
+#[derive(Debug)]
+pub struct Attempt {
+    pub key: String,
+    pub value: f64,
+    pub outcome: Result<u16, String>,
+    pub took: Duration,
+}
+
+impl Attempt {
+    pub fn acked(&self) -> bool {
+        self.outcome == Ok(200)
+    }
+}
+
+pub struct Writers {
+    acked: watch::Receiver<usize>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<Vec<Attempt>>>,
+}
+
+impl Writers {
+    /// `clients` concurrent clients; each writes `writes` times (or until stopped), one request
+    /// at a time, cycling over `keys` keys of its own with values 0, 1, 2…, so that for every key a
+    /// later write always carries a larger value.
+    pub fn start(address: &str, clients: usize, keys: usize, writes: usize) -> Self {
+        let (count, acked) = watch::channel(0);
+        let stop = CancellationToken::new();
+        let tasks = (0..clients)
+            .map(|client| {
+                let (url, count, stop) = (format!("{address}/api"), count.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::builder()
+                        .timeout(Duration::from_secs(30))
+                        .build()
+                        .unwrap();
+                    let mut attempts = Vec::with_capacity(writes.min(4096));
+                    for n in 0..writes {
+                        if stop.is_cancelled() {
+                            break;
+                        }
+                        let (key, value) = (format!("c{client}.k{}", n % keys), n as f64);
+                        let started = Instant::now();
+                        let outcome = http
+                            .post(&url)
+                            .header("Content-Type", "application/json")
+                            .body(serde_json::json!({ &key: value }).to_string())
+                            .send()
+                            .await
+                            .map(|response| response.status().as_u16())
+                            .map_err(|err| format!("{err:?}"));
+                        let took = started.elapsed();
+                        if outcome == Ok(200) {
+                            count.send_modify(|acked| *acked += 1);
+                        } else {
+                            // As a real client would, pause before the next try.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        attempts.push(Attempt {
+                            key,
+                            value,
+                            outcome,
+                            took,
+                        });
+                    }
+                    attempts
+                })
+            })
+            .collect();
+        Self { acked, stop, tasks }
+    }
+
+    /// Waits until at least `count` writes got their `200` in all.
+    pub async fn wait_for_acked(&self, count: usize) {
+        let mut acked = self.acked.clone();
+        tokio::time::timeout(PATIENCE * 4, acked.wait_for(|acked| *acked >= count))
+            .await
+            .unwrap_or_else(|_| panic!("{count} writes were never acknowledged"))
+            .unwrap();
+    }
+
+    pub fn acked(&self) -> usize {
+        *self.acked.borrow()
+    }
+
+    /// Waits for every client to finish its writes.
+    pub async fn finish(self) -> Vec<Attempt> {
+        let mut attempts = Vec::new();
+        for task in self.tasks {
+            attempts.extend(task.await.expect("a writer panicked"));
+        }
+        attempts
+    }
+
+    /// Stops the clients after their current request, and returns what they did.
+    pub async fn stop(self) -> Vec<Attempt> {
+        self.stop.cancel();
+        self.finish().await
+    }
+}
+
+/// Waits until SQLite holds, for every key, its last acknowledged value or a later attempted
+/// one; fails with the keys that lost a write. Returns how many writes were acknowledged.
+pub async fn audit(app: &TestApp, attempts: &[Attempt]) -> usize {
+    let mut keys: HashMap<&str, (Option<f64>, Vec<f64>)> = HashMap::new();
+    for attempt in attempts {
+        let (last_acked, tried) = keys.entry(&attempt.key).or_default();
+        tried.push(attempt.value);
+        if attempt.acked() {
+            *last_acked = Some(last_acked.map_or(attempt.value, |v| v.max(attempt.value)));
+        }
+    }
+    let wrong = || {
+        let values = app.db_values();
+        keys.iter()
+            .filter(|(key, (last_acked, tried))| {
+                let held = values.get(**key).copied();
+                match (held, last_acked) {
+                    (None, None) => false,
+                    (None, Some(_)) => true,
+                    (Some(held), last_acked) => {
+                        last_acked.is_some_and(|acked| held < acked) || !tried.contains(&held)
+                    }
+                }
+            })
+            .map(|(key, (last_acked, _))| {
+                format!("{key}: acked {last_acked:?}, holds {:?}", values.get(*key))
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let wrong = wrong();
+        if wrong.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} keys lost their last acknowledged write: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(10)]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    attempts.iter().filter(|attempt| attempt.acked()).count()
+}
+
+/// Fails if any request took longer than `limit`.
+pub fn assert_none_slower_than(attempts: &[Attempt], limit: Duration) {
+    let slowest = attempts.iter().max_by_key(|attempt| attempt.took);
+    if let Some(slowest) = slowest {
+        assert!(
+            slowest.took <= limit,
+            "a request took too long: {slowest:?}"
+        );
+    }
+}
