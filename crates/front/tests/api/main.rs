@@ -8,6 +8,7 @@ mod errors;
 mod group_commit;
 mod health;
 mod helpers;
+mod hostile;
 mod late_reply;
 mod process;
 mod read_write;
