@@ -34,10 +34,26 @@ pub struct Config {
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "BODY_LIMIT_BYTES", value_name = "BYTES", default_value_t = 64 * 1024)]
     pub body_limit_bytes: usize,
+
+    /// Time a client has to send a request's headers, in ms, counted from when the server starts
+    /// waiting for them; it also ends idle keep-alive connections. Slower connections are closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub header_read_timeout_ms: u64,
+
+    /// Most HTTP connections served at once; further clients wait in the kernel's accept queue
+    /// until one closes. Keep it below the open-file limit (`ulimit -n`).
+    #[arg(long, env = "MAX_CONNECTIONS", value_name = "N", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 }
 
 impl Config {
     pub fn rpc_timeout(&self) -> Duration {
         Duration::from_millis(self.rpc_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
     }
 }

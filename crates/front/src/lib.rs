@@ -3,13 +3,15 @@
 //! keeps no data, so any number of front-servers can run side by side.
 //!
 //! [`routes`] holds the HTTP API and its input parsing, [`broker`] the one AMQP connection and
-//! its request/reply bookkeeping, [`error`] the mapping of every failure to a JSON answer, and
-//! [`startup`] the wiring that `main` and the tests share.
+//! its request/reply bookkeeping, [`error`] the mapping of every failure to a JSON answer,
+//! [`serve`] the accept loop and its limits against slow or too many clients, and [`startup`]
+//! the wiring that `main` and the tests share.
 
 pub mod broker;
 pub mod config;
 pub mod error;
 pub mod routes;
+pub mod serve;
 pub mod startup;
 
 pub use config::Config;

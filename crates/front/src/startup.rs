@@ -4,6 +4,7 @@
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::routes::{AppState, router};
+use crate::serve::{Limits, serve};
 use anyhow::Context;
 use axum::Router;
 use std::future::Future;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    limits: Limits,
     broker: Arc<Broker>,
     broker_task: JoinHandle<()>,
     broker_shutdown: CancellationToken,
@@ -44,6 +46,10 @@ impl Application {
         let application = Self {
             listener,
             router: router(state),
+            limits: Limits {
+                header_read_timeout: config.header_read_timeout(),
+                max_connections: config.max_connections as usize,
+            },
             broker,
             broker_task,
             broker_shutdown,
@@ -70,10 +76,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serve HTTP")?;
+        serve(self.listener, self.router, self.limits, shutdown).await;
         self.broker_shutdown.cancel();
         let _ = self.broker_task.await;
         tracing::info!("front-server stopped");

@@ -136,8 +136,12 @@ impl FromRequest<AppState> for NewPair {
 }
 
 /// `application/json`, in any case, with or without parameters such as `; charset=utf-8`.
+///
+/// Exactly one `Content-Type` header: with two, a proxy in front of us may have read the other
+/// one, and then the body we store is not the one it checked.
 fn has_json_content_type(request: &Request) -> bool {
-    let Some(value) = request.headers().get(CONTENT_TYPE) else {
+    let mut values = request.headers().get_all(CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
         return false;
     };
     let Ok(value) = value.to_str() else {
@@ -220,6 +224,24 @@ mod tests {
         for body in bodies {
             assert!(matches!(parse(body), Err(ApiError::BadPair)), "{body:?}");
         }
+    }
+
+    #[test]
+    fn only_one_json_content_type_header_is_accepted() {
+        let with = |values: &[&str]| {
+            let mut request = Request::new(axum::body::Body::empty());
+            for value in values {
+                let value = axum::http::HeaderValue::from_str(value).unwrap();
+                request.headers_mut().append(CONTENT_TYPE, value);
+            }
+            has_json_content_type(&request)
+        };
+        assert!(with(&["application/json"]));
+        assert!(with(&["Application/JSON; charset=utf-8"]));
+        assert!(!with(&[]));
+        assert!(!with(&["application/json", "application/json"]));
+        assert!(!with(&["application/json", "text/plain"]));
+        assert!(!with(&["text/plain", "application/json"]));
     }
 
     #[test]

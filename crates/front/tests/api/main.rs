@@ -9,6 +9,7 @@ mod faults;
 mod group_commit;
 mod health;
 mod helpers;
+mod hostile;
 mod late_reply;
 mod process;
 mod processes;

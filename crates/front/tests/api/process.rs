@@ -28,6 +28,10 @@ fn help_lists_every_setting_with_its_variable_and_default() {
         "5000",
         "BODY_LIMIT_BYTES",
         "65536",
+        "HEADER_READ_TIMEOUT_MS",
+        "10000",
+        "MAX_CONNECTIONS",
+        "1000",
         "CONFIG_FILE",
     ] {
         assert!(
