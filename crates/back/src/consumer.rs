@@ -22,7 +22,7 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -42,25 +42,17 @@ pub async fn consume(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let queue = config.amqp.queue.as_str();
-    let channel = connection.create_channel().await?;
-    declare_topology(&channel, queue).await?;
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await?;
-    // Dead-lettering needs its own confirm-mode channel: replies go out on `channel` without
-    // confirms, and lapin keeps every unawaited confirm until someone waits for it.
-    let dead_channel = connection.create_channel().await?;
-    dead_channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.into(),
-            CONSUMER_TAG.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let failure = kv_protocol::connection_failure(connection);
+    let mut failure = std::pin::pin!(failure);
+    let (channel, dead_channel, mut deliveries) =
+        tokio::time::timeout(kv_protocol::SETUP_TIMEOUT, subscribe(connection, config))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "RabbitMQ did not finish setting up the consumer within {:?}",
+                    kv_protocol::SETUP_TIMEOUT
+                )
+            })??;
     let batch_size = usize::from(config.batch_size);
     tracing::info!(queue, prefetch = config.prefetch, batch_size, "consuming");
 
@@ -78,6 +70,7 @@ pub async fn consume(
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            reason = &mut failure => anyhow::bail!("the RabbitMQ connection failed: {reason}"),
             next = deliveries.next() => next,
         };
         let Some(first) = first else {
@@ -95,24 +88,62 @@ pub async fn consume(
                 None => break,
             }
         }
-        if worker.handle(&mut batch).await? == Handled::Interrupted {
+        // Abandoning a batch midway is safe: whatever it did not ack, RabbitMQ delivers again.
+        let handled = tokio::select! {
+            biased;
+            reason = &mut failure => anyhow::bail!("the RabbitMQ connection failed: {reason}"),
+            handled = worker.handle(&mut batch) => handled?,
+        };
+        if handled == Handled::Interrupted {
             break;
         }
         if cancelled {
             anyhow::bail!("RabbitMQ cancelled the consumer");
         }
     }
-    channel
-        .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
-        .await?;
     // Closed here rather than on drop, so that closing the connection does not race them.
-    dead_channel
-        .close(200, "back-server shutting down".into())
-        .await?;
-    channel
-        .close(200, "back-server shutting down".into())
-        .await?;
+    let goodbye = async {
+        channel
+            .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
+            .await?;
+        dead_channel
+            .close(200, "back-server shutting down".into())
+            .await?;
+        channel.close(200, "back-server shutting down".into()).await
+    };
+    match tokio::time::timeout(kv_protocol::CLOSE_TIMEOUT, goodbye).await {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!("RabbitMQ did not acknowledge closing the channels in time"),
+    }
     Ok(())
+}
+
+/// Opens the consumer's channels, declares the queues and starts consuming.
+async fn subscribe(
+    connection: &Connection,
+    config: &Config,
+) -> lapin::Result<(Channel, Channel, Consumer)> {
+    let queue = config.amqp.queue.as_str();
+    let channel = connection.create_channel().await?;
+    declare_topology(&channel, queue).await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    // Dead-lettering needs its own confirm-mode channel: replies go out on `channel` without
+    // confirms, and lapin keeps every unawaited confirm until someone waits for it.
+    let dead_channel = connection.create_channel().await?;
+    dead_channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let deliveries = channel
+        .basic_consume(
+            queue.into(),
+            CONSUMER_TAG.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, dead_channel, deliveries))
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -67,20 +67,16 @@ impl Application {
             let result = consume(&connection, &self.store, &self.config, shutdown).await;
             match result {
                 Ok(()) => {
-                    connection
-                        .close(200, "back-server shutting down".into())
-                        .await?;
+                    kv_protocol::close_connection(&connection, "back-server shutting down").await;
                     return Ok(());
                 }
                 Err(err) if err.is::<StoreError>() => {
-                    let _ = connection.close(200, "back-server failed".into()).await;
+                    kv_protocol::close_connection(&connection, "back-server failed").await;
                     return Err(err.context("the SQLite store failed"));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "lost the RabbitMQ link; reconnecting");
-                    let _ = connection
-                        .close(200, "back-server reconnecting".into())
-                        .await;
+                    kv_protocol::close_connection(&connection, "back-server reconnecting").await;
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(RECONNECT_PAUSE) => {}

@@ -130,6 +130,7 @@ pub struct Broker {
     deadline: Duration,
     /// The read deadline as an AMQP `expiration`, formatted once.
     expiration: ShortString,
+    _stop_supervisor: tokio_util::sync::DropGuard,
 }
 
 impl Broker {
@@ -144,6 +145,10 @@ impl Broker {
         let (link_sender, link) = watch::channel(None);
         let replies = Arc::new(PendingReplies::default());
         let broken = watch::Sender::new(0);
+        // The supervisor also stops if this handle is dropped without a shutdown (a test that
+        // aborts the server): nobody could use its link any more.
+        let shutdown = shutdown.child_token();
+        let stop_supervisor = shutdown.clone().drop_guard();
         let supervisor = Supervisor {
             uri,
             connection_name: format!("front-server ({queue})"),
@@ -158,6 +163,7 @@ impl Broker {
             link,
             replies,
             broken,
+            _stop_supervisor: stop_supervisor,
             queue: queue.into(),
             deadline,
             expiration: deadline.as_millis().to_string().into(),
@@ -363,11 +369,13 @@ impl Supervisor {
                 .await
         {
             generation += 1;
-            match open_link(&connection, &self.queue, generation).await {
-                Ok((link, replies)) => {
+            let failure = kv_protocol::connection_failure(&connection);
+            let setup = open_link(&connection, &self.queue, generation);
+            match tokio::time::timeout(kv_protocol::SETUP_TIMEOUT, setup).await {
+                Ok(Ok((link, replies))) => {
                     self.link.send_replace(Some(Arc::new(link)));
                     tracing::info!(queue = %self.queue, "ready: publishing to RabbitMQ");
-                    let lost = self.route_replies(replies, generation).await;
+                    let lost = self.route_replies(replies, generation, failure).await;
                     let link = self.link.send_replace(None);
                     self.replies.abandon_all();
                     match lost {
@@ -375,12 +383,18 @@ impl Supervisor {
                             // Channels first, so that closing the connection does not race them.
                             if let Some(link) = link {
                                 let reason = "front-server shutting down";
-                                let _ = link.writes.close(200, reason.into()).await;
-                                let _ = link.reads.close(200, reason.into()).await;
+                                let channels = async {
+                                    let _ = link.writes.close(200, reason.into()).await;
+                                    let _ = link.reads.close(200, reason.into()).await;
+                                };
+                                let _ = tokio::time::timeout(kv_protocol::CLOSE_TIMEOUT, channels)
+                                    .await;
                             }
-                            let _ = connection
-                                .close(200, "front-server shutting down".into())
-                                .await;
+                            kv_protocol::close_connection(
+                                &connection,
+                                "front-server shutting down",
+                            )
+                            .await;
                             tracing::info!("closed the RabbitMQ connection");
                             return;
                         }
@@ -389,11 +403,15 @@ impl Supervisor {
                         }
                     }
                 }
-                Err(err) => tracing::warn!(%err, "cannot set up the RabbitMQ link; reconnecting"),
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, "cannot set up the RabbitMQ link; reconnecting")
+                }
+                Err(_) => tracing::warn!(
+                    timeout = ?kv_protocol::SETUP_TIMEOUT,
+                    "RabbitMQ did not finish setting up the link; reconnecting"
+                ),
             }
-            let _ = connection
-                .close(200, "front-server reconnecting".into())
-                .await;
+            kv_protocol::close_connection(&connection, "front-server reconnecting").await;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
@@ -402,11 +420,19 @@ impl Supervisor {
     }
 
     /// Delivers replies to waiting reads until the link breaks (returns why) or shutdown (`None`).
-    async fn route_replies(&self, mut replies: Consumer, generation: u64) -> Option<String> {
+    async fn route_replies(
+        &self,
+        mut replies: Consumer,
+        generation: u64,
+        failure: impl Future<Output = String>,
+    ) -> Option<String> {
         let mut broken = self.broken.clone();
+        let mut failure = std::pin::pin!(failure);
         loop {
             let delivery = tokio::select! {
+                biased;
                 _ = self.shutdown.cancelled() => return None,
+                reason = &mut failure => return Some(reason),
                 _ = broken.wait_for(|broken| *broken == generation) => {
                     return Some("a request found the link broken".into());
                 }

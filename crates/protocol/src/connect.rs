@@ -2,8 +2,9 @@
 //! exponential backoff, so a server started before RabbitMQ (or outliving it) never gives up.
 
 use crate::AmqpSettings;
+use futures_util::StreamExt;
 use lapin::uri::AMQPUri;
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties, Event};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +16,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// stays silent for two intervals; RabbitMQ's default of 60 s would leave a link cut by the network
 /// (no FIN, no RST) looking alive for two minutes.
 const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// How long setting up a link (channels, declarations, consumer) may take on a new connection.
+/// RabbitMQ answers in milliseconds; a setup that gets no answer is retried like a failed
+/// connect, since without this bound a server could wait forever, unable to serve.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a polite goodbye to RabbitMQ may take: the broker may already be gone.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl AmqpSettings {
     /// Checks the URL once at start-up, so a typo fails fast instead of being retried forever.
@@ -69,6 +76,41 @@ pub async fn connect_with_backoff(
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(MAX_RETRY);
+    }
+}
+
+/// Completes when `connection` fails (I/O error, missed heartbeats, closed by RabbitMQ) and
+/// returns why. Call it right after connecting: it hears only what happens after the call.
+///
+/// A server must not learn of a dead connection only from the next operation on it: a consumer
+/// waiting for deliveries, or a confirm or ack already sent, may never hear back.
+pub fn connection_failure(
+    connection: &Connection,
+) -> impl Future<Output = String> + Send + 'static {
+    let mut events = connection.events_listener();
+    async move {
+        while let Some(event) = events.next().await {
+            match event {
+                Event::Error(err) => return err.to_string(),
+                Event::ConnectionBlocked(reason) => {
+                    tracing::warn!(%reason, "RabbitMQ blocks publishing (a resource alarm); writes wait")
+                }
+                Event::ConnectionUnblocked => tracing::info!("RabbitMQ unblocked publishing"),
+                _ => {}
+            }
+        }
+        "the connection ended".to_owned()
+    }
+}
+
+/// Closes `connection` politely (its channels' unacked messages go back to their queues at
+/// once), giving up after a moment if RabbitMQ does not answer.
+pub async fn close_connection(connection: &Connection, reason: &str) {
+    let closed = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
+    match closed {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::debug!(%err, "the RabbitMQ connection was already closed"),
+        Err(_) => tracing::warn!("RabbitMQ did not acknowledge closing the connection in time"),
     }
 }
 

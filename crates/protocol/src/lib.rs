@@ -58,7 +58,10 @@ mod telemetry;
 mod topology;
 
 pub use config::{AmqpSettings, DEFAULT_AMQP_URL, parse_with_config_file};
-pub use connect::{connect_with_backoff, redact};
+pub use connect::{
+    CLOSE_TIMEOUT, SETUP_TIMEOUT, close_connection, connect_with_backoff, connection_failure,
+    redact,
+};
 pub use message::{Key, KeyError, MAX_KEY_BYTES, Reply, Request};
 pub use signal::shutdown_signal;
 pub use telemetry::init_tracing;
