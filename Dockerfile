@@ -1,0 +1,84 @@
+# syntax=docker/dockerfile:1
+#
+# One builder compiles both servers; each ships in its own small image:
+#   docker build --target front -t kv-front .
+#   docker build --target back  -t kv-back  .
+# docker-compose.yml builds and runs both with RabbitMQ. scripts/check-docker (part of .ci/run)
+# lints this file and runs the builder stage's COPY and RUN steps on the CI machine, so the
+# build CI checks is the build this file does.
+
+# The toolchain CI builds and tests with (rustc 1.95; Cargo.toml's rust-version 1.89 is only the
+# minimum), on Debian 12 like the runtime images below, so the binaries need no newer glibc than
+# they find there. The slim Rust image has gcc, which rusqlite's bundled SQLite needs.
+FROM rust:1.95-slim-bookworm AS builder
+WORKDIR /src
+
+# Dependency layer. cargo-chef would add a `cargo install` of minutes to every uncached build and
+# to CI's replay; BuildKit cache mounts live only on the machine that built (a CI builder starts
+# empty, and --cache-to exports layers, not mounts). So: the manifests alone, with stub sources,
+# and a build of the two servers that compiles every dependency into an ordinary layer. It is
+# rebuilt only when Cargo.toml, Cargo.lock or a crate's manifest changes; an edit to the code
+# reuses it. Every workspace member needs its manifest here ("crates/*" in Cargo.toml), even
+# kv-bench, or the lockfile would not match and --locked would stop the build.
+COPY Cargo.toml Cargo.lock ./
+COPY crates/protocol/Cargo.toml crates/protocol/
+COPY crates/front/Cargo.toml crates/front/
+COPY crates/back/Cargo.toml crates/back/
+COPY crates/bench/Cargo.toml crates/bench/
+RUN for crate in crates/*/; do mkdir -p "${crate}src/bin" && : > "${crate}src/lib.rs"; done \
+    && for bin in front/src/main.rs back/src/main.rs bench/src/main.rs bench/src/bin/limits-probe.rs; do \
+        echo 'fn main() {}' > "crates/$bin"; done \
+    && cargo build --release --locked -p front-server -p back-server
+
+# The real sources. COPY keeps their modification times, which can be older than the stub build:
+# cargo would then take the workspace crates as fresh and ship the stubs. Touching them makes
+# cargo rebuild exactly our crates, and nothing else.
+COPY crates crates
+RUN find crates -type f -exec touch {} + \
+    && cargo build --release --locked -p front-server -p back-server
+
+# What both servers share: Debian 12 slim (the builder's glibc), a non-root user with a fixed id
+# (kv, uid and gid 10001; USER gives the number, which runAsNonRoot-style checks can verify), and
+# the probe used by HEALTHCHECK. Debian slim has no curl or wget; the probe is a bash script that
+# sends a real HTTP request over bash's /dev/tcp and checks the status line, at no size cost.
+# The binaries need only libc, libm and libgcc_s, all in the base image (lapin is built without
+# TLS and SQLite is linked in), so nothing is installed. Both log one line per event to stderr,
+# which `docker logs` shows.
+FROM debian:bookworm-slim AS runtime
+RUN groupadd --system --gid 10001 kv \
+    && useradd --system --uid 10001 --gid kv --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin kv
+# Executable in git; COPY keeps the mode (no --chmod, so the classic builder works too).
+COPY docker/healthcheck /usr/local/bin/healthcheck
+
+# The front-server. It must listen on all interfaces to be reachable through the published port.
+# HEALTHCHECK asks /health (the process serves HTTP), not /ready: an orchestrator that restarts
+# unhealthy containers would otherwise restart every front while RabbitMQ is down, which cures
+# nothing (the front reconnects by itself). Load balancers should ask /ready.
+# If FRONT_LISTEN's port is changed, change the HEALTHCHECK's URL too.
+FROM runtime AS front
+COPY --from=builder /src/target/release/front-server /usr/local/bin/front-server
+ENV FRONT_LISTEN=0.0.0.0:8080
+EXPOSE 8080
+USER 10001:10001
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["healthcheck", "http://127.0.0.1:8080/health"]
+# Exec form, no shell and no init: the server is PID 1, gets SIGTERM from `docker stop` itself,
+# and has its own SIGTERM and SIGINT handlers (it finishes the requests in flight, then exits).
+# It starts no child processes, so there are no zombies for an init to reap.
+ENTRYPOINT ["/usr/local/bin/front-server"]
+
+# The back-server. Its database lives in /data, owned by the kv user; Docker copies that
+# ownership into a new named volume mounted there.
+# HEALTHCHECK: this depends on the back-server's admin HTTP listener (ADMIN_LISTEN, default
+# 127.0.0.1:8081, with /health and /ready like the front's), which comes in a later change.
+# Until it exists, this probe fails and the container shows as unhealthy; nothing waits on it.
+FROM runtime AS back
+RUN mkdir /data && chown kv:kv /data
+COPY --from=builder /src/target/release/back-server /usr/local/bin/back-server
+ENV DB_PATH=/data/kv.db
+VOLUME ["/data"]
+USER 10001:10001
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["healthcheck", "http://127.0.0.1:8081/health"]
+ENTRYPOINT ["/usr/local/bin/back-server"]
