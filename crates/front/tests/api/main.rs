@@ -13,5 +13,6 @@ mod hostile;
 mod late_reply;
 mod process;
 mod processes;
+mod proxy;
 mod read_write;
 mod writers;
