@@ -5,6 +5,7 @@ use crate::processes::{ServerProcess, back_server_binary, front_server_binary};
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -275,6 +276,17 @@ impl TestApp {
                 .expect("no panic")
                 .expect("a clean stop");
         }
+    }
+
+    /// The address requests go to, for tests that write raw bytes over TCP.
+    pub fn socket_address(&self) -> SocketAddr {
+        let address = self
+            .address
+            .strip_prefix("http://")
+            .unwrap_or(&self.address);
+        address
+            .parse()
+            .unwrap_or_else(|_| panic!("not a socket address: {address:?}"))
     }
 
     pub async fn post_json(&self, body: &str) -> reqwest::Response {

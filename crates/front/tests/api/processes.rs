@@ -47,6 +47,9 @@ pub struct ServerProcess {
 impl ServerProcess {
     pub fn start(name: &'static str, binary: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary)
+            // Tests pass every setting they depend on; a settings file named in the developer's
+            // shell would quietly fill in the rest (a smaller body limit, say).
+            .env_remove("CONFIG_FILE")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -81,6 +84,18 @@ impl ServerProcess {
             Ok(Ok(lines)) => lines.iter().find(|l| l.contains(needle)).unwrap().clone(),
             _ => panic!("{} never logged {needle:?}:\n{}", self.name, self.log()),
         }
+    }
+
+    /// Resident memory in KiB, from the kernel's own accounting (`VmRSS` in `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("read {path}: {err}"));
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .expect("VmRSS is reported");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     pub fn log(&self) -> String {
