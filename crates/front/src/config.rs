@@ -41,6 +41,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub header_read_timeout_ms: u64,
 
+    /// Time a client has to send a POST's whole body, in ms, once its headers are in; slower
+    /// ones get 408 and the connection is closed.
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub body_read_timeout_ms: u64,
+
     /// Most HTTP connections served at once; further clients wait in the kernel's accept queue
     /// until one closes. Keep it below the open-file limit (`ulimit -n`).
     #[arg(long, env = "MAX_CONNECTIONS", value_name = "N", default_value_t = 1000,

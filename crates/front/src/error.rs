@@ -22,6 +22,9 @@ pub enum ApiError {
     /// 400: a GET whose query is not exactly one valid `key` parameter.
     #[error("Acceptable one parameter named 'key'")]
     BadQuery,
+    /// 408: a body that did not arrive in full within the body read timeout (a slow client).
+    #[error("The request body did not arrive within {0} ms")]
+    BodyTimeout(u64),
     /// 413: a body over the configured limit.
     #[error("Request body too large, the limit is {0} bytes")]
     TooLarge(usize),
@@ -53,6 +56,7 @@ impl ApiError {
         match self {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotJson | Self::BadPair | Self::BadQuery => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::KeyNotFound(_) | Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,

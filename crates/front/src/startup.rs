@@ -42,6 +42,7 @@ impl Application {
         let state = AppState {
             broker: broker.clone(),
             body_limit: config.body_limit_bytes,
+            body_read_timeout: std::time::Duration::from_millis(config.body_read_timeout_ms),
         };
         let application = Self {
             listener,

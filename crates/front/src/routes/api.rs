@@ -122,15 +122,18 @@ impl FromRequest<AppState> for NewPair {
         if !has_json_content_type(&request) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let body =
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|rejection| match rejection {
-                    BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                        ApiError::TooLarge(state.body_limit)
-                    }
-                    _ => ApiError::NotJson,
-                })?;
+        // A deadline for the whole body, not per chunk: a client trickling a byte now and then
+        // would otherwise hold its connection, and a connection slot, for as long as it likes.
+        let timeout = state.body_read_timeout;
+        let body = tokio::time::timeout(timeout, Bytes::from_request(request, state))
+            .await
+            .map_err(|_| ApiError::BodyTimeout(timeout.as_millis() as u64))?
+            .map_err(|rejection| match rejection {
+                BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                    ApiError::TooLarge(state.body_limit)
+                }
+                _ => ApiError::NotJson,
+            })?;
         Self::parse(&body)
     }
 }

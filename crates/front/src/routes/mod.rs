@@ -19,6 +19,8 @@ use tower_http::trace::TraceLayer;
 pub struct AppState {
     pub broker: Arc<Broker>,
     pub body_limit: usize,
+    /// How long a POST's body may take to arrive in full.
+    pub body_read_timeout: std::time::Duration,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -146,6 +146,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             rpc_timeout_ms: options.rpc_timeout_ms,
             body_limit_bytes: 64 * 1024,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
             max_connections: 1000,
         };
         let front = front_server::Application::build(config)

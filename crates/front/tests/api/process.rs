@@ -29,6 +29,7 @@ fn help_lists_every_setting_with_its_variable_and_default() {
         "BODY_LIMIT_BYTES",
         "65536",
         "HEADER_READ_TIMEOUT_MS",
+        "BODY_READ_TIMEOUT_MS",
         "10000",
         "MAX_CONNECTIONS",
         "1000",
@@ -50,6 +51,7 @@ fn help_lists_every_setting_with_its_variable_and_default() {
         "kv.db",
         "PREFETCH",
         "256",
+        "MAX_REDELIVERIES",
         "CONFIG_FILE",
     ] {
         assert!(

@@ -28,6 +28,7 @@ use judge::{Ledger, judge_case};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use wire::{await_close, exchange, get_health, show, silent, slow_loris};
 
@@ -311,4 +312,43 @@ async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
         "waited for the header timeout"
     );
     assert!(front.is_running());
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_gets_408_at_the_body_read_timeout() {
+    let timeout = Duration::from_millis(500);
+    let (app, mut front) = start_system(&[("BODY_READ_TIMEOUT_MS", "500")]).await;
+    let stream = TcpStream::connect(app.socket_address()).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    let started = Instant::now();
+    let head = "POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\n\r\n{\"slow\": ";
+    writer.write_all(head.as_bytes()).await.unwrap();
+    // A byte every 100 ms: each chunk is prompt, the whole body never arrives.
+    let trickle = tokio::spawn(async move {
+        while writer.write_all(b" ").await.is_ok() && started.elapsed() < PATIENCE {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    let (closed, received) = await_close(reader).await;
+    trickle.abort();
+
+    let answers = wire::parse_answers(&received, None).expect("an HTTP answer");
+    let [answer] = answers.as_slice() else {
+        panic!("one answer expected: {}", show(&received))
+    };
+    assert_eq!(answer.status, 408);
+    let message = "The request body did not arrive within 500 ms";
+    assert_eq!(
+        answer.json,
+        Some(serde_json::json!({"success": false, "message": message}))
+    );
+    assert!(
+        closed - started >= timeout,
+        "closed after {:?}",
+        closed - started
+    );
+    assert!(front.is_running());
+    assert!(app.db_values().is_empty());
 }

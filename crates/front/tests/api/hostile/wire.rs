@@ -38,7 +38,7 @@ pub async fn exchange(
     parse_answers(&received, head)
 }
 
-fn parse_answers(mut bytes: &[u8], head: Option<usize>) -> Result<Vec<Answer>, String> {
+pub fn parse_answers(mut bytes: &[u8], head: Option<usize>) -> Result<Vec<Answer>, String> {
     let mut answers = Vec::new();
     while !bytes.is_empty() {
         let end = find(bytes, b"\r\n\r\n").ok_or_else(|| format!("truncated: {}", show(bytes)))?;
