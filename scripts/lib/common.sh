@@ -46,6 +46,20 @@ ensure_wrk() {
     fi
 }
 
+# Headless Chromium and its WebDriver, for the test that uses /docs in a real browser. Debian's
+# packages; recommended packages left out, as a headless browser needs none of them.
+ensure_chromium() {
+    [ -x /usr/bin/chromium ] && command -v chromedriver >/dev/null 2>&1 && return
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        say "installing chromium chromium-driver with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-liberation >/dev/null
+    else
+        say "chromium or chromedriver is missing, so the browser test will fail. Install them with:
+    sudo apt-get install -y --no-install-recommends chromium chromium-driver"
+    fi
+}
+
 # Host and port of AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f).
 amqp_endpoint() {
     local url="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"

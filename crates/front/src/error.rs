@@ -45,10 +45,12 @@ pub enum ApiError {
     Unexpected(#[source] anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Failure<'a> {
-    success: bool,
-    message: &'a str,
+/// Every failure's body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Failure<'a> {
+    #[schema(schema_with = crate::routes::docs::always_false)]
+    pub success: bool,
+    pub message: &'a str,
 }
 
 impl ApiError {

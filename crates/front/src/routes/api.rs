@@ -2,7 +2,8 @@
 //! invalid ([`NewPair`], [`Key`]), and their handlers.
 
 use super::AppState;
-use crate::error::ApiError;
+use crate::broker::BrokerError;
+use crate::error::{ApiError, Failure};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, RawQuery, Request, State};
@@ -14,13 +15,17 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::{RefOr, schema::AdditionalProperties};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api", get(read).post(write))
 }
 
-#[derive(Serialize)]
-struct Success<T> {
+/// A success answer; `data` is what the operation returns.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Success<T> {
+    #[schema(schema_with = super::docs::always_true)]
     success: bool,
     data: T,
 }
@@ -32,6 +37,40 @@ fn success<T>(data: T) -> Json<Success<T>> {
     })
 }
 
+/// Store a value
+///
+/// The body is one `"key": number` pair; the key is 1 to 256 bytes of UTF-8. The `200` comes
+/// once RabbitMQ has written the write to disk: from then on it is never lost. Writing a key
+/// that exists replaces its value.
+#[utoipa::path(
+    post,
+    path = "/api",
+    tag = "kv",
+    request_body(content = NewPair, content_type = "application/json"),
+    responses(
+        (status = 200, description = "RabbitMQ holds the write durably", body = Success<String>,
+            example = json!({"success": true, "data": "Value 21.5 stored for key 'temperature'"})),
+        (status = 400, description = "The body is not JSON, or not exactly one `\"key\": number` pair with a valid key", body = Failure,
+            examples(
+                ("not JSON" = (value = json!(super::docs::failure(ApiError::NotJson)))),
+                ("wrong shape" = (value = json!(super::docs::failure(ApiError::BadPair)))),
+            )),
+        (status = 408, description = "The body did not arrive in full within `BODY_READ_TIMEOUT_MS` (the number in the message)", body = Failure,
+            example = json!(super::docs::failure(ApiError::BodyTimeout(10_000)))),
+        (status = 413, description = "The body is over `BODY_LIMIT_BYTES` (the number in the message)", body = Failure,
+            example = json!(super::docs::failure(ApiError::TooLarge(65_536)))),
+        (status = 415, description = "`Content-Type` is missing or not `application/json` (parameters such as `; charset=utf-8` are fine)", body = Failure,
+            example = json!(super::docs::failure(ApiError::UnsupportedMediaType))),
+        (status = 500, description = super::docs::UNEXPECTED, body = Failure,
+            example = json!(super::docs::failure(super::docs::unexpected()))),
+        (status = 503, description = "RabbitMQ is unreachable, or it refused or did not confirm the write in time: the write was not acknowledged, retry it", body = Failure,
+            examples(
+                ("unreachable" = (value = json!(super::docs::failure(BrokerError::Unavailable("not connected".into()).into())))),
+                ("refused" = (value = json!(super::docs::failure(BrokerError::Refused("nacked".into()).into())))),
+                ("unconfirmed" = (value = json!(super::docs::failure(BrokerError::Unconfirmed(5000).into())))),
+            )),
+    )
+)]
 async fn write(
     State(state): State<AppState>,
     NewPair { key, value }: NewPair,
@@ -41,6 +80,33 @@ async fn write(
     Ok(success(sentence))
 }
 
+/// Read a value
+///
+/// Exactly one query parameter, `key`. A read that starts after a write's `200` sees that write
+/// or a later one.
+#[utoipa::path(
+    get,
+    path = "/api",
+    tag = "kv",
+    params(
+        ("key" = String, Query, description = "The key: 1 to 256 bytes of UTF-8, percent-encoded. The only parameter allowed.",
+            min_length = 1, max_length = 256, example = "temperature"),
+    ),
+    responses(
+        (status = 200, description = "The key's value", body = Success<f64>,
+            example = json!({"success": true, "data": 21.5})),
+        (status = 400, description = "Not exactly one parameter named `key`, or an empty or too long key", body = Failure,
+            example = json!(super::docs::failure(ApiError::BadQuery))),
+        (status = 404, description = "The key has no value", body = Failure,
+            example = json!(super::docs::failure(ApiError::KeyNotFound(Key::parse("humidity").expect("a valid key"))))),
+        (status = 500, description = super::docs::UNEXPECTED, body = Failure,
+            example = json!(super::docs::failure(super::docs::unexpected()))),
+        (status = 503, description = "RabbitMQ is unreachable, or the link dropped before the reply", body = Failure,
+            example = json!(super::docs::failure(BrokerError::Unavailable("not connected".into()).into()))),
+        (status = 504, description = "No reply from the back-server within `RPC_TIMEOUT_MS` (the number in the message)", body = Failure,
+            example = json!(super::docs::failure(BrokerError::NoReply(5000).into()))),
+    )
+)]
 async fn read(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -79,6 +145,34 @@ impl NewPair {
         serde_json::from_str(json.get()).map_err(|_| ApiError::BadPair)
     }
 }
+
+/// Written by hand: the pair's name is the key, which no derived schema can say. JSON Schema
+/// counts a name's length in characters, not bytes, so `maxLength` is the bound for ASCII keys
+/// and the description says the rest.
+impl utoipa::PartialSchema for NewPair {
+    fn schema() -> RefOr<Schema> {
+        let key = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(kv_protocol::MAX_KEY_BYTES));
+        let number = ObjectBuilder::new().schema_type(Type::Number);
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Exactly one member: its name is the key (1 to 256 bytes of UTF-8), its value a \
+                 JSON number that fits a 64-bit float (not `true`, `\"25\"`, `null`, an array or \
+                 an object).",
+            ))
+            .min_properties(Some(1))
+            .max_properties(Some(1))
+            .property_names(Some(key))
+            .additional_properties(Some(AdditionalProperties::RefOr(number.into())))
+            .examples([serde_json::json!({ "temperature": 21.5 })])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for NewPair {}
 
 impl<'de> Deserialize<'de> for NewPair {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, shared state, and the layers every request passes through.
 
 mod api;
+pub mod docs;
 mod fallback;
 mod health;
 
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(api::router())
         .merge(health::router())
+        .merge(docs::router())
         .fallback(fallback::not_found)
         .method_not_allowed_fallback(fallback::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit))

@@ -40,6 +40,7 @@ pub struct Options {
     /// Wait until the front-server has reached RabbitMQ before returning.
     pub wait_for_broker: bool,
     pub rpc_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
     pub amqp_url: String,
     /// Whether the test shares RabbitMQ (most) or needs it alone (one that restarts it).
     pub broker: Lock,
@@ -72,6 +73,7 @@ impl Default for Options {
             back_server: true,
             wait_for_broker: true,
             rpc_timeout_ms: 5000,
+            body_read_timeout_ms: 10_000,
             amqp_url: amqp_url(),
             broker: Lock::Shared,
         }
@@ -146,7 +148,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             rpc_timeout_ms: options.rpc_timeout_ms,
             body_limit_bytes: 64 * 1024,
             header_read_timeout_ms: 10_000,
-            body_read_timeout_ms: 10_000,
+            body_read_timeout_ms: options.body_read_timeout_ms,
             max_connections: 1000,
         };
         let front = front_server::Application::build(config)

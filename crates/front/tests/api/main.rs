@@ -2,6 +2,7 @@
 //! RabbitMQ at `AMQP_URL` (default: the local broker), each test on its own queue and database.
 
 mod back_down;
+mod browser;
 mod consistency;
 mod dead_letter;
 mod errors;
@@ -11,6 +12,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod late_reply;
+mod openapi;
 mod process;
 mod processes;
 mod proxy;
