@@ -1,29 +1,25 @@
 //! Probes for orchestrators and load balancers: `GET /health` answers while the process serves
 //! HTTP at all; `GET /ready` answers `200` only while it holds a working RabbitMQ link, so that
-//! traffic goes elsewhere while it would answer `503`.
+//! traffic goes elsewhere while it would answer `503`. The bodies are the back-server's too
+//! ([`kv_protocol::probe`]).
 
 use super::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use kv_protocol::probe::{self, Probe};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/health", get(health))
+        .route("/health", get(probe::health))
         .route("/ready", get(ready))
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
-}
-
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    if state.broker.is_connected() {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Probe>) {
+    probe::readiness(if state.broker.is_connected() {
+        Ok(())
     } else {
-        let body = json!({ "status": "not ready", "reason": "no working connection to RabbitMQ" });
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
-    }
+        Err("no working connection to RabbitMQ".into())
+    })
 }
