@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod late_reply;
+mod metrics;
 mod process;
 mod processes;
 mod proxy;
