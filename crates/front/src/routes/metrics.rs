@@ -2,11 +2,13 @@
 //!
 //! Requests are labelled with the route that matched (`/api`), never the raw path: every
 //! scanner's probe of a random path would otherwise become a series of its own. Requests that
-//! match no route are labelled `unmatched`.
+//! match no route are labelled `unmatched`. Methods likewise: HTTP lets a client invent any
+//! method name, so those outside the standard ones are labelled `other`.
 
 use super::AppState;
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
@@ -41,7 +43,7 @@ pub async fn track(request: Request, next: Next) -> Response {
         Some(path) => path.as_str().to_owned(),
         None => "unmatched".to_owned(),
     };
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let in_flight = InFlight::enter();
     let response = next.run(request).await;
     drop(in_flight);
@@ -53,6 +55,22 @@ pub async fn track(request: Request, next: Next) -> Response {
     metrics::counter!(REQUESTS, &labels).increment(1);
     metrics::histogram!(DURATION, &labels).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a label: one of a fixed few, whatever the client sent.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Counts a request in flight until dropped, so that one whose client went away (hyper drops its

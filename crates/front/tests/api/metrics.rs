@@ -111,7 +111,8 @@ async fn both_servers_metrics_move_by_exactly_the_traffic_they_served() {
     let front_before = Scrape::of(&app.client, &app.address).await;
     let back_before = Scrape::of(&app.client, &admin).await;
 
-    // Act: 10 writes (7 new keys, 3 rewrites), 7 reads (5 found, 2 not), 1 bad write, 1 stray path.
+    // Act: 10 writes (7 new keys, 3 rewrites), 7 reads (5 found, 2 not), 1 bad write, 1 stray
+    // path, 1 invented method.
     for n in 0..7 {
         app.put(&format!("new-{n}"), f64::from(n)).await;
     }
@@ -126,6 +127,12 @@ async fn both_servers_metrics_move_by_exactly_the_traffic_they_served() {
     }
     assert_eq!(app.post_json("{}").await.status(), 400);
     assert_eq!(app.get_raw("/no/such/path").await.status(), 404);
+    let brew = reqwest::Method::from_bytes(b"BREW").unwrap();
+    let url = format!("{}/api", app.address);
+    assert_eq!(
+        app.client.request(brew, url).send().await.unwrap().status(),
+        405
+    );
     let front_after = Scrape::of(&app.client, &app.address).await;
     let back_after = Scrape::of(&app.client, &admin).await;
 
@@ -146,6 +153,12 @@ async fn both_servers_metrics_move_by_exactly_the_traffic_they_served() {
         front_after.value(requests, &[("route", "/no/such/path")]),
         0.0,
         "raw paths must not become labels"
+    );
+    let invented = [api, ("method", "other"), ("status", "405")];
+    assert_eq!(
+        front_delta(requests, &invented),
+        1.0,
+        "nor invented methods"
     );
     let latency = "kv_http_request_duration_seconds";
     let posted = [api, post, ("status", "200")];
