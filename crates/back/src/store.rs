@@ -289,6 +289,43 @@ mod tests {
         store.close().await;
     }
 
+    #[test]
+    fn metrics_count_rows_at_open_and_then_only_new_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.db");
+        // A recorder of this test's own, on this thread: the global one is the process's.
+        let rendered = |work: &dyn Fn()| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::with_local_recorder(&recorder, work);
+            handle.render()
+        };
+
+        let first = rendered(&|| {
+            let mut connection = open_connection(&path).unwrap();
+            apply_batch(
+                &mut connection,
+                &[put("a", 1.0), put("b", 2.0), put("a", 3.0)],
+            )
+            .unwrap();
+            apply_batch(&mut connection, &[get("a"), put("b", 4.0), put("c", 5.0)]).unwrap();
+            apply_batch(&mut connection, &[get("z")]).unwrap();
+        });
+        let reopened = rendered(&|| drop(open_connection(&path).unwrap()));
+
+        for line in [
+            "kv_rows 3\n",
+            "kv_messages_applied_total{kind=\"put\"} 5\n",
+            "kv_messages_applied_total{kind=\"get\"} 2\n",
+            "kv_batch_size_count 3\n",
+            "kv_batch_size_sum 7\n",
+            "kv_commit_duration_seconds_count 3\n",
+        ] {
+            assert!(first.contains(line), "no {line:?} in\n{first}");
+        }
+        assert!(reopened.contains("kv_rows 3\n"), "{reopened}");
+    }
+
     #[tokio::test]
     async fn opening_a_path_that_cannot_exist_fails() {
         let result = Store::open(Path::new("/nonexistent-dir/kv.db")).await;
