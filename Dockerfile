@@ -70,9 +70,9 @@ ENTRYPOINT ["/usr/local/bin/front-server"]
 
 # The back-server. Its database lives in /data, owned by the kv user; Docker copies that
 # ownership into a new named volume mounted there.
-# HEALTHCHECK: this depends on the back-server's admin HTTP listener (ADMIN_LISTEN, default
-# 127.0.0.1:8081, with /health and /ready like the front's), which comes in a later change.
-# Until it exists, this probe fails and the container shows as unhealthy; nothing waits on it.
+# HEALTHCHECK asks /health on the back-server's admin HTTP listener (ADMIN_LISTEN, default
+# 127.0.0.1:8081, loopback: only this container's probe needs it), not /ready, for the same reason
+# as the front's. If ADMIN_LISTEN's port is changed, change the HEALTHCHECK's URL too.
 FROM runtime AS back
 RUN mkdir /data && chown kv:kv /data
 COPY --from=builder /src/target/release/back-server /usr/local/bin/back-server

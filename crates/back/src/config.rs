@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use kv_protocol::AmqpSettings;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Consumes the key-value request queue and owns the SQLite database.
@@ -40,4 +41,15 @@ pub struct Config {
         default_value_t = 5
     )]
     pub max_redeliveries: u32,
+
+    /// Address and port of the admin HTTP listener: `GET /health`, `GET /ready` and `GET /metrics`
+    /// (port 0 picks a free one). Loopback by default: it is for the local orchestrator and
+    /// scraper, not for the world.
+    #[arg(
+        long,
+        env = "ADMIN_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub admin_listen: SocketAddr,
 }

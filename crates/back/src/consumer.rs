@@ -11,6 +11,7 @@
 //! redelivers (the back-server stopped or crashed while holding it) is tried alone, and only up to
 //! `MAX_REDELIVERIES` times, so one that crashes the back-server cannot block the queue forever.
 
+use crate::admin::{DEAD_LETTERED, Status};
 use crate::config::Config;
 use crate::store::{Outcome, Store, StoreError};
 use futures_util::future::try_join_all;
@@ -34,11 +35,13 @@ const MAX_STORE_RETRY: Duration = Duration::from_secs(5);
 /// Consumes the request queue on `connection` until shutdown (`Ok`, once the batch in hand is
 /// done) or until the connection or channel fails (`Err`, and the caller reconnects, unless the
 /// error is a [`StoreError`], which is fatal). Messages received but not yet acked when either
-/// happens are redelivered by RabbitMQ.
+/// happens are redelivered by RabbitMQ. Reports to `status` whether it consumes and whether the
+/// database takes writes.
 pub async fn consume(
     connection: &Connection,
     store: &Store,
     config: &Config,
+    status: &Status,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let queue = config.amqp.queue.as_str();
@@ -54,7 +57,10 @@ pub async fn consume(
                 )
             })??;
     let batch_size = usize::from(config.batch_size);
+    // Before the log line, which tests take for "ready".
+    status.set_consuming(true);
     tracing::info!(queue, prefetch = config.prefetch, batch_size, "consuming");
+    let _not_consuming = NotConsuming(status);
 
     let worker = Worker {
         channel: &channel,
@@ -62,6 +68,7 @@ pub async fn consume(
         store,
         queue,
         max_redeliveries: config.max_redeliveries,
+        status,
         shutdown,
     };
     let mut batch = Vec::with_capacity(batch_size);
@@ -146,6 +153,15 @@ async fn subscribe(
     Ok((channel, dead_channel, deliveries))
 }
 
+/// Reports the end of consuming, however `consume` ends (error, shutdown or cancellation).
+struct NotConsuming<'a>(&'a Status);
+
+impl Drop for NotConsuming<'_> {
+    fn drop(&mut self) {
+        self.0.set_consuming(false);
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Handled {
     /// Done with (applied or dead-lettered) and acked.
@@ -160,6 +176,7 @@ struct Worker<'a> {
     store: &'a Store,
     queue: &'a str,
     max_redeliveries: u32,
+    status: &'a Status,
     shutdown: &'a CancellationToken,
 }
 
@@ -203,7 +220,7 @@ impl Worker<'_> {
                  or crashing before it could acknowledge the message"
             );
             tracing::error!(delivery_tag = delivery.delivery_tag, %reason, "dead-lettering a message");
-            self.dead_letter(&delivery, &reason).await?;
+            self.dead_letter(&delivery, "redelivered", &reason).await?;
             delivery.ack(BasicAckOptions::default()).await?;
         } else if self.handle_group(&mut vec![delivery]).await? == Handled::Interrupted {
             return Ok(Handled::Interrupted);
@@ -231,7 +248,7 @@ impl Worker<'_> {
                 Err(err) => {
                     let reason = format!("unparseable request: {err}");
                     tracing::warn!(delivery_tag = delivery.delivery_tag, %reason, "dead-lettering a message");
-                    self.dead_letter(&delivery, &reason).await?;
+                    self.dead_letter(&delivery, "unparseable", &reason).await?;
                     // On its own (not `multiple`): the requests before it are not committed yet.
                     delivery.ack(BasicAckOptions::default()).await?;
                 }
@@ -282,12 +299,14 @@ impl Worker<'_> {
                 Ok(done) => {
                     if failing {
                         tracing::info!("the database accepts writes again");
+                        self.status.set_refused(None);
                     }
                     return Ok(Some(done));
                 }
                 Err(err @ StoreError::Stopped) => return Err(err),
                 Err(err) => {
                     tracing::error!(%err, retry_in = ?delay, "the database refused; the messages stay queued");
+                    self.status.set_refused(Some(err.to_string()));
                     failing = true;
                 }
             }
@@ -324,8 +343,14 @@ impl Worker<'_> {
     }
 
     /// Moves a message the back-server cannot process to `<queue>.dead`, with the reason in a
-    /// header, and returns only once RabbitMQ has confirmed the copy.
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> anyhow::Result<()> {
+    /// header, and returns only once RabbitMQ has confirmed the copy. `kind` is the reason's
+    /// metric label, one of a few words (the reason itself varies with each message).
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        kind: &'static str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(
             DEAD_REASON_HEADER.into(),
@@ -351,7 +376,10 @@ impl Worker<'_> {
             .await?
             .await?;
         match confirmation {
-            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(None) => {
+                metrics::counter!(DEAD_LETTERED, "reason" => kind).increment(1);
+                Ok(())
+            }
             other => anyhow::bail!("RabbitMQ did not take the dead-lettered copy: {other:?}"),
         }
     }

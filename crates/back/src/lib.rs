@@ -2,8 +2,9 @@
 //!
 //! [`startup`] owns the process's life (connect, reconnect, shut down), [`consumer`] turns
 //! deliveries into database work and acks, and [`store`] owns the SQLite connection on a thread
-//! of its own.
+//! of its own. [`admin`] serves `/health`, `/ready` and `/metrics` on a listener of its own.
 
+pub mod admin;
 pub mod config;
 pub mod consumer;
 pub mod startup;

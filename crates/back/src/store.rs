@@ -3,12 +3,17 @@
 //! blocks on disk and a slow disk pushes back on the consumer instead of queueing without limit.
 //! It also keeps the redelivery counts that let the consumer set aside a message that keeps
 //! crashing the back-server.
+//!
+//! Its metrics come from the thread itself, after each commit: batch size, commit time, requests
+//! applied, and rows in the table (counted once at open, then grown by each batch's inserts).
 
+use crate::admin::{BATCH_SIZE, COMMIT_DURATION, MESSAGES_APPLIED, ROWS};
 use kv_protocol::Request;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -19,6 +24,11 @@ const MIGRATIONS: &[&str] = &[
 
 const UPSERT: &str = "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 const SELECT: &str = "SELECT value FROM kv WHERE key = ?1";
+const COUNT_ROWS: &str = "SELECT count(*) FROM kv";
+/// The newest row's id: new keys get the next one, so a batch inserted as many rows as it grew.
+/// (SQLite assigns max + 1 to a new `INTEGER PRIMARY KEY` until the largest i64, and an upsert
+/// that updates takes none.) One descent of the b-tree's right edge, where counting is a scan.
+const LAST_ID: &str = "SELECT coalesce(max(id), 0) FROM kv";
 const COUNT_ATTEMPT: &str = "INSERT INTO redeliveries (message, attempts) VALUES (?1, 1) ON CONFLICT (message) DO UPDATE SET attempts = attempts + 1 RETURNING attempts";
 const FORGET_ATTEMPTS: &str = "DELETE FROM redeliveries WHERE message = ?1";
 
@@ -130,6 +140,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
     connection.pragma_update(None, "synchronous", "FULL")?;
     migrate(&mut connection)?;
+    // Once, at open: a count scans the table, too slow for every batch of a large one.
+    let rows: i64 = connection.query_row(COUNT_ROWS, [], |row| row.get(0))?;
+    metrics::gauge!(ROWS).set(rows as f64);
     Ok(connection)
 }
 
@@ -154,7 +167,20 @@ fn apply_batch(
     connection: &mut Connection,
     requests: &[Request],
 ) -> rusqlite::Result<Vec<Outcome>> {
+    let started = Instant::now();
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let puts = requests
+        .iter()
+        .filter(|request| matches!(request, Request::Put { .. }))
+        .count();
+    let last_id = |transaction: &rusqlite::Transaction| -> rusqlite::Result<i64> {
+        if puts == 0 {
+            return Ok(0);
+        }
+        let mut statement = transaction.prepare_cached(LAST_ID)?;
+        statement.query_row([], |row| row.get(0))
+    };
+    let last_id_before = last_id(&transaction)?;
     let outcomes = {
         let mut upsert = transaction.prepare_cached(UPSERT)?;
         let mut select = transaction.prepare_cached(SELECT)?;
@@ -174,7 +200,13 @@ fn apply_batch(
             })
             .collect::<rusqlite::Result<Vec<_>>>()?
     };
+    let inserted = last_id(&transaction)? - last_id_before;
     transaction.commit()?;
+    metrics::histogram!(COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(BATCH_SIZE).record(requests.len() as f64);
+    metrics::counter!(MESSAGES_APPLIED, "kind" => "put").increment(puts as u64);
+    metrics::counter!(MESSAGES_APPLIED, "kind" => "get").increment((requests.len() - puts) as u64);
+    metrics::gauge!(ROWS).increment(inserted as f64);
     Ok(outcomes)
 }
 
@@ -255,6 +287,43 @@ mod tests {
         assert_eq!(store.count_attempt(a).await.unwrap(), 1);
         assert_eq!(store.count_attempt(b).await.unwrap(), 2);
         store.close().await;
+    }
+
+    #[test]
+    fn metrics_count_rows_at_open_and_then_only_new_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.db");
+        // A recorder of this test's own, on this thread: the global one is the process's.
+        let rendered = |work: &dyn Fn()| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::with_local_recorder(&recorder, work);
+            handle.render()
+        };
+
+        let first = rendered(&|| {
+            let mut connection = open_connection(&path).unwrap();
+            apply_batch(
+                &mut connection,
+                &[put("a", 1.0), put("b", 2.0), put("a", 3.0)],
+            )
+            .unwrap();
+            apply_batch(&mut connection, &[get("a"), put("b", 4.0), put("c", 5.0)]).unwrap();
+            apply_batch(&mut connection, &[get("z")]).unwrap();
+        });
+        let reopened = rendered(&|| drop(open_connection(&path).unwrap()));
+
+        for line in [
+            "kv_rows 3\n",
+            "kv_messages_applied_total{kind=\"put\"} 5\n",
+            "kv_messages_applied_total{kind=\"get\"} 2\n",
+            "kv_batch_size_count 3\n",
+            "kv_batch_size_sum 7\n",
+            "kv_commit_duration_seconds_count 3\n",
+        ] {
+            assert!(first.contains(line), "no {line:?} in\n{first}");
+        }
+        assert!(reopened.contains("kv_rows 3\n"), "{reopened}");
     }
 
     #[tokio::test]

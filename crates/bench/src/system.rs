@@ -144,7 +144,11 @@ pub fn start_back(settings: &Settings) -> anyhow::Result<Server> {
     Server::spawn(
         "back-server",
         settings,
-        &[("DB_PATH", settings.db_path.display().to_string())],
+        &[
+            ("DB_PATH", settings.db_path.display().to_string()),
+            // Any free port: the default one may be taken by a back-server already running here.
+            ("ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
+        ],
     )
 }
 

@@ -31,6 +31,38 @@ use tokio_util::sync::CancellationToken;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 const PERSISTENT: u8 = 2;
 
+const CONFIRMS: &str = "kv_amqp_publish_confirms_total";
+const READS_TIMED_OUT: &str = "kv_reads_timed_out_total";
+const RECONNECTS: &str = "kv_amqp_reconnects_total";
+
+/// Names and explains the broker's series (the `# HELP` lines of `/metrics`).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        CONFIRMS,
+        "Writes published, by how RabbitMQ answered: ack, nack, returned (no queue), timeout \
+         (no answer within RPC_TIMEOUT_MS) or error (the link broke first)"
+    );
+    metrics::describe_counter!(
+        READS_TIMED_OUT,
+        "Reads that got no reply within RPC_TIMEOUT_MS (answered 504)"
+    );
+    metrics::describe_counter!(
+        RECONNECTS,
+        "Connections to RabbitMQ opened after the first, by server"
+    );
+    // Present from the start at 0, so that `rate()` and `increase()` see the first event too.
+    for outcome in ["ack", "nack", "returned", "timeout", "error"] {
+        metrics::counter!(CONFIRMS, "outcome" => outcome).increment(0);
+    }
+    metrics::counter!(READS_TIMED_OUT).increment(0);
+    metrics::counter!(RECONNECTS, "server" => "front").increment(0);
+}
+
+/// Counts one write's confirm by its outcome.
+fn count_confirm(outcome: &'static str) {
+    metrics::counter!(CONFIRMS, "outcome" => outcome).increment(1);
+}
+
 /// Why a call through the broker did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -209,14 +241,24 @@ impl Broker {
             confirmed
                 .await
                 .map_err(|_| BrokerError::Unavailable("the write publisher has stopped".into()))?
-                .map_err(|err| self.link_failed(generation, err))
+                .map_err(|err| {
+                    count_confirm("error");
+                    self.link_failed(generation, err)
+                })
         };
         let confirmation = tokio::time::timeout(self.deadline, call)
             .await
-            .map_err(|_| BrokerError::Unconfirmed(self.deadline.as_millis() as u64))??;
+            .map_err(|_| {
+                count_confirm("timeout");
+                BrokerError::Unconfirmed(self.deadline.as_millis() as u64)
+            })??;
         match confirmation {
-            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(None) => {
+                count_confirm("ack");
+                Ok(())
+            }
             Confirmation::Ack(Some(_)) => {
+                count_confirm("returned");
                 // Someone deleted the queue: rebuilding the link declares it again.
                 self.broken.send_replace(generation);
                 Err(BrokerError::Refused(format!(
@@ -224,7 +266,10 @@ impl Broker {
                     self.queue
                 )))
             }
-            Confirmation::Nack(_) => Err(BrokerError::Refused("nacked".into())),
+            Confirmation::Nack(_) => {
+                count_confirm("nack");
+                Err(BrokerError::Refused("nacked".into()))
+            }
             Confirmation::NotRequested => Err(BrokerError::Unavailable(
                 "the write channel is not in confirm mode".into(),
             )),
@@ -256,7 +301,10 @@ impl Broker {
         };
         let reply = tokio::time::timeout(self.deadline, call)
             .await
-            .map_err(|_| BrokerError::NoReply(self.deadline.as_millis() as u64))??;
+            .map_err(|_| {
+                metrics::counter!(READS_TIMED_OUT).increment(1);
+                BrokerError::NoReply(self.deadline.as_millis() as u64)
+            })??;
         Ok(match reply {
             Reply::Found { value } => Some(value),
             Reply::NotFound => None,
@@ -369,6 +417,9 @@ impl Supervisor {
                 .await
         {
             generation += 1;
+            if generation > 1 {
+                metrics::counter!(RECONNECTS, "server" => "front").increment(1);
+            }
             let failure = kv_protocol::connection_failure(&connection);
             let setup = open_link(&connection, &self.queue, generation);
             match tokio::time::timeout(kv_protocol::SETUP_TIMEOUT, setup).await {

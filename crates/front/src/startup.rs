@@ -28,6 +28,7 @@ impl Application {
     /// arrive before the broker is reachable get `503` rather than waiting.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let uri = config.amqp.uri()?;
+        crate::routes::install_metrics();
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen on {}", config.listen))?;

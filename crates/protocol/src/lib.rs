@@ -1,6 +1,7 @@
 //! The wire contract between `front-server` and `back-server`: what travels through RabbitMQ,
 //! on which queues, and how each side connects. Both servers depend on this crate, so a change
-//! here is a change of protocol for both at once.
+//! here is a change of protocol for both at once. It also holds what both servers share beyond the
+//! wire: settings, the connect loop, logging, metrics and the answers of their health probes.
 //!
 //! # Topology
 //!
@@ -53,6 +54,7 @@
 mod config;
 mod connect;
 mod message;
+pub mod probe;
 mod signal;
 mod telemetry;
 mod topology;
@@ -64,5 +66,5 @@ pub use connect::{
 };
 pub use message::{Key, KeyError, MAX_KEY_BYTES, Reply, Request};
 pub use signal::shutdown_signal;
-pub use telemetry::init_tracing;
+pub use telemetry::{LATENCY_BUCKETS, init_tracing, install_metrics, render_metrics};
 pub use topology::{DEAD_REASON_HEADER, DIRECT_REPLY_TO, dead_letter_queue, declare_topology};

@@ -1,6 +1,12 @@
-//! Logging setup shared by both servers: one line per event on stderr, filtered by `RUST_LOG`.
+//! Logging and metrics shared by both servers: one line per event on stderr, filtered by
+//! `RUST_LOG`, and one Prometheus recorder per process, rendered by each server's `GET /metrics`.
 
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default of `info`.
@@ -11,4 +17,71 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// Upper bounds of the latency histograms' buckets, in seconds: from a cached GET on the loopback
+/// (under a millisecond) through a confirm waiting for the broker's fsync under load (tens of ms)
+/// to the read deadline (5 s by default) and past it.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Upper bounds of the batch size histogram: powers of two up to the largest `BATCH_SIZE`
+/// (a `u16`; the default is 128).
+const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 65535.0,
+];
+
+/// How often histograms are folded into their buckets. Without it, samples recorded between two
+/// scrapes pile up in memory (and with no scraper at all, forever).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the process's Prometheus recorder on the first call and returns its handle; later
+/// calls return the same handle. A server calls it in `build`, before it records anything: the
+/// `metrics` macros are no-ops until a recorder is installed.
+///
+/// One recorder per process, because `metrics` has one global recorder. Tests that run several
+/// servers in one process therefore see every server's series in every server's `/metrics`,
+/// summed where names and labels coincide; a test that checks numbers runs the servers as
+/// processes.
+pub fn install_metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full("kv_batch_size".into()),
+                    BATCH_SIZE_BUCKETS,
+                )
+            })
+            .expect("the bucket lists are not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            // Only code outside this crate could have installed one; its series are not ours.
+            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+        }
+        // A thread rather than a task: the first caller's runtime may be a test's, which ends
+        // long before the process does.
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                }
+            })
+            .expect("spawn the metrics upkeep thread");
+        handle
+    })
+}
+
+/// `GET /metrics`: every series of this process in Prometheus's text format.
+pub async fn render_metrics() -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        install_metrics().render(),
+    )
 }

@@ -6,7 +6,7 @@
 //! the page works offline. They are served by our own handler rather than the crate's router, so
 //! that a file it does not have gets our JSON 404 like any other unknown path.
 
-use super::{AppState, api, health};
+use super::{AppState, api, health, metrics};
 use crate::error::{ApiError, Failure};
 use axum::extract::Path;
 use axum::http::header::CONTENT_TYPE;
@@ -34,7 +34,16 @@ pub const DOCS_PATH: &str = "/docs";
             answers `404` and any other method on a known path `405`, both with such a body \
             (see the `NotFound` and `MethodNotAllowed` responses under components).",
     ),
-    paths(api::write, api::read, health::health, health::ready, index, openapi_json, docs_page),
+    paths(
+        api::write,
+        api::read,
+        health::health,
+        health::ready,
+        metrics::metrics,
+        index,
+        openapi_json,
+        docs_page
+    ),
     components(schemas(Failure)),
     modifiers(&FallbackResponses),
     tags(
@@ -203,7 +212,15 @@ mod tests {
         let paths: Vec<&String> = parsed.paths.paths.keys().collect();
         assert_eq!(
             paths,
-            ["/", "/api", "/docs", "/health", "/openapi.json", "/ready"]
+            [
+                "/",
+                "/api",
+                "/docs",
+                "/health",
+                "/metrics",
+                "/openapi.json",
+                "/ready"
+            ]
         );
     }
 }

@@ -1,13 +1,14 @@
 //! Probes for orchestrators and load balancers: `GET /health` answers while the process serves
 //! HTTP at all; `GET /ready` answers `200` only while it holds a working RabbitMQ link, so that
-//! traffic goes elsewhere while it would answer `503`.
+//! traffic goes elsewhere while it would answer `503`. The bodies are the back-server's too
+//! ([`kv_protocol::probe`]).
 
 use super::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use kv_protocol::probe;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -46,8 +47,8 @@ pub(super) enum ProbeStatus {
     responses((status = 200, description = "The process serves HTTP", body = Probe,
         example = json!({"status": "ok"})))
 )]
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+async fn health() -> Json<probe::Probe> {
+    probe::health().await
 }
 
 /// Readiness
@@ -65,11 +66,10 @@ async fn health() -> Json<Value> {
             example = json!({"status": "not ready", "reason": "no working connection to RabbitMQ"})),
     )
 )]
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    if state.broker.is_connected() {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<probe::Probe>) {
+    probe::readiness(if state.broker.is_connected() {
+        Ok(())
     } else {
-        let body = json!({ "status": "not ready", "reason": "no working connection to RabbitMQ" });
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
-    }
+        Err("no working connection to RabbitMQ".into())
+    })
 }

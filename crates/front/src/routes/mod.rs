@@ -4,6 +4,7 @@ mod api;
 pub mod docs;
 mod fallback;
 mod health;
+mod metrics;
 
 use crate::broker::Broker;
 use crate::error::ApiError;
@@ -29,13 +30,24 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router())
         .merge(health::router())
         .merge(docs::router())
+        .merge(metrics::router())
         .fallback(fallback::not_found)
         .method_not_allowed_fallback(fallback::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
         // ApiError logs our failures once, with their cause; the trace layer need not repeat it.
         .layer(TraceLayer::new_for_http().on_failure(()))
+        // Outermost, so it times and counts what the client gets, panics and rejections included.
+        // Router::layer wraps each route, so the matched route is known to it.
+        .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
+}
+
+/// Installs the process's metrics recorder (once) and describes the front's series.
+pub fn install_metrics() {
+    kv_protocol::install_metrics();
+    metrics::describe();
+    crate::broker::describe_metrics();
 }
 
 /// A panic is a bug: the client gets the contract's JSON 500, the log gets the panic's message.

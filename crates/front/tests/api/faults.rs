@@ -109,7 +109,7 @@ fn broker_address() -> std::net::SocketAddr {
 }
 
 /// Closes, from the broker's side, every connection named after `queue`; returns how many.
-fn close_connections_of(queue: &str) -> usize {
+pub fn close_connections_of(queue: &str) -> usize {
     let listing = rabbitmqctl(&[
         "list_connections",
         "pid",
@@ -247,7 +247,7 @@ async fn a_database_that_refuses_writes_keeps_them_queued_until_it_accepts_them(
 }
 
 /// Changes the file size limit (`ulimit -f`) of a running process.
-fn set_file_size_limit(process: &crate::processes::ServerProcess, limit: &str) {
+pub fn set_file_size_limit(process: &crate::processes::ServerProcess, limit: &str) {
     let status = std::process::Command::new("prlimit")
         // The soft limit only: lowering the hard one could not be undone without privileges.
         .args([

@@ -216,6 +216,7 @@ impl TestApp {
             prefetch: 64,
             batch_size: 32,
             max_redeliveries: 5,
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
         };
         let back = back_server::Application::build(config)
             .await
@@ -234,6 +235,8 @@ impl TestApp {
             ("DB_PATH", self.db_path.to_str().unwrap()),
             ("PREFETCH", "64"),
             ("BATCH_SIZE", "32"),
+            // Tests run side by side: each back-server's admin listener takes any free port.
+            ("ADMIN_LISTEN", "127.0.0.1:0"),
         ];
         settings.extend_from_slice(env);
         ServerProcess::start("back-server", back_server_binary(), &settings)
@@ -253,13 +256,7 @@ impl TestApp {
         ];
         settings.extend_from_slice(env);
         let front = ServerProcess::start("front-server", front_server_binary(), &settings);
-        let listening = front.wait_for_log("listening").await;
-        let address = listening
-            .split("address=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {listening:?}"));
-        self.address = format!("http://{address}");
+        self.address = format!("http://{}", front.wait_for_address("listening").await);
         front.wait_for_log("ready: publishing to RabbitMQ").await;
         front
     }

@@ -52,6 +52,8 @@ fn help_lists_every_setting_with_its_variable_and_default() {
         "PREFETCH",
         "256",
         "MAX_REDELIVERIES",
+        "ADMIN_LISTEN",
+        "127.0.0.1:8081",
         "CONFIG_FILE",
     ] {
         assert!(

@@ -86,6 +86,17 @@ impl ServerProcess {
         }
     }
 
+    /// Waits for the log line containing `needle` that reports a bound address
+    /// (`address=127.0.0.1:PORT`) and returns that address.
+    pub async fn wait_for_address(&self, needle: &str) -> String {
+        let line = self.wait_for_log(needle).await;
+        line.split("address=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned()
+    }
+
     /// Resident memory in KiB, from the kernel's own accounting (`VmRSS` in `/proc/<pid>/status`).
     pub fn rss_kib(&self) -> u64 {
         let path = format!("/proc/{}/status", self.pid());

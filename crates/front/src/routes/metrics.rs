@@ -1,0 +1,105 @@
+//! `GET /metrics` and the layer that counts and times every HTTP request for it.
+//!
+//! Requests are labelled with the route that matched (`/api`), never the raw path: every
+//! scanner's probe of a random path would otherwise become a series of its own. Requests that
+//! match no route are labelled `unmatched`. Methods likewise: HTTP lets a client invent any
+//! method name, so those outside the standard ones are labelled `other`.
+
+use super::AppState;
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::time::Instant;
+
+const REQUESTS: &str = "kv_http_requests_total";
+const DURATION: &str = "kv_http_request_duration_seconds";
+const IN_FLIGHT: &str = "kv_http_requests_in_flight";
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// Prometheus metrics
+///
+/// Every series of this server, in Prometheus' text format; the README's "Metrics" lists them.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    responses((status = 200, description = "The metrics, for Prometheus to scrape",
+        content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
+)]
+pub(super) async fn metrics() -> impl IntoResponse {
+    kv_protocol::render_metrics().await
+}
+
+/// Names and explains the front's HTTP series (the `# HELP` lines of `/metrics`).
+pub fn describe() {
+    metrics::describe_counter!(
+        REQUESTS,
+        "HTTP requests answered, by route, method and status"
+    );
+    metrics::describe_histogram!(
+        DURATION,
+        metrics::Unit::Seconds,
+        "Time from a request's arrival to its answer, by route, method and status"
+    );
+    metrics::describe_gauge!(IN_FLIGHT, "HTTP requests being served right now");
+}
+
+/// Middleware: counts and times each request by its matched route, method and status.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(path) => path.as_str().to_owned(),
+        None => "unmatched".to_owned(),
+    };
+    let method = method_label(request.method()).to_owned();
+    let in_flight = InFlight::enter();
+    let response = next.run(request).await;
+    drop(in_flight);
+    let labels = [
+        ("route", route),
+        ("method", method),
+        ("status", response.status().as_str().to_owned()),
+    ];
+    metrics::counter!(REQUESTS, &labels).increment(1);
+    metrics::histogram!(DURATION, &labels).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The method as a label: one of a fixed few, whatever the client sent.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Counts a request in flight until dropped, so that one whose client went away (hyper drops its
+/// future mid-way) is not counted forever.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+    }
+}

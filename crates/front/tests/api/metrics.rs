@@ -1,0 +1,341 @@
+//! `/metrics` on both servers and the back-server's admin probes, against the real binaries:
+//! each runs in a process of its own, so each `/metrics` holds that server's series alone (in
+//! this process every in-process server would share one recorder).
+
+use crate::faults::{close_connections_of, set_file_size_limit};
+use crate::helpers::{Options, PATIENCE, TestApp, json, spawn_app_with};
+use crate::processes::ServerProcess;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// One scrape of a `/metrics` page: every sample by series name and labels.
+#[derive(Debug)]
+struct Scrape {
+    samples: Vec<(String, HashMap<String, String>, f64)>,
+    text: String,
+}
+
+impl Scrape {
+    async fn of(client: &reqwest::Client, base: &str) -> Self {
+        let response = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics is answered");
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        Self::parse(response.text().await.unwrap())
+    }
+
+    /// Prometheus's text format, as far as our series need: `name{k="v",…} value`.
+    fn parse(text: String) -> Self {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .map(|line| {
+                let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+                let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, labels)) => (name, parse_labels(labels.trim_end_matches('}'))),
+                    None => (series, HashMap::new()),
+                };
+                (name.to_owned(), labels, value)
+            })
+            .collect();
+        Self { samples, text }
+    }
+
+    /// The sum of the samples named `name` that carry all of `labels` (0 if none does).
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(sample, sample_labels, _)| {
+                sample == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| sample_labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, value)| value)
+            .sum()
+    }
+}
+
+/// `k="v",k2="v2"`; our label values hold no quotes, commas or backslashes.
+fn parse_labels(labels: &str) -> HashMap<String, String> {
+    labels
+        .split("\",")
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once("=\"").expect("a label is k=\"v\"");
+            (key.to_owned(), value.trim_end_matches('"').to_owned())
+        })
+        .collect()
+}
+
+/// Starts the back-server binary and returns it with its admin listener's base URL.
+async fn start_back(app: &TestApp) -> (ServerProcess, String) {
+    let back = app.start_back_process(&[]);
+    let admin = format!("http://{}", back.wait_for_address("admin listening").await);
+    (back, admin)
+}
+
+/// Polls `GET {admin}/ready` until it answers `status`; returns the body.
+async fn wait_for_ready_status(app: &TestApp, admin: &str, status: u16) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let response = app.client.get(format!("{admin}/ready")).send().await;
+        let (actual, body) = json(response.expect("GET /ready is answered")).await;
+        if actual == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready never answered {status}; last {actual} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn both_servers_metrics_move_by_exactly_the_traffic_they_served() {
+    // Arrange: a back-server and a front-server as processes, and one key already stored.
+    let mut app = spawn_app_with(Options::no_servers()).await;
+    let (back, admin) = start_back(&app).await;
+    back.wait_for_log("consuming").await;
+    let front = app.start_front_process(&[("RPC_TIMEOUT_MS", "2000")]).await;
+    app.put("old", 1.0).await;
+    // Its read comes after its write in the queue: once answered, the back has applied both.
+    assert_eq!(app.get_key("old").await.status(), 200);
+    let front_before = Scrape::of(&app.client, &app.address).await;
+    let back_before = Scrape::of(&app.client, &admin).await;
+
+    // Act: 10 writes (7 new keys, 3 rewrites), 7 reads (5 found, 2 not), 1 bad write, 1 stray
+    // path, 1 invented method.
+    for n in 0..7 {
+        app.put(&format!("new-{n}"), f64::from(n)).await;
+    }
+    for n in 0..3 {
+        app.put("old", f64::from(n)).await;
+    }
+    for key in ["old", "new-0", "new-1", "new-2", "new-3"] {
+        assert_eq!(app.get_key(key).await.status(), 200);
+    }
+    for key in ["missing-0", "missing-1"] {
+        assert_eq!(app.get_key(key).await.status(), 404);
+    }
+    assert_eq!(app.post_json("{}").await.status(), 400);
+    assert_eq!(app.get_raw("/no/such/path").await.status(), 404);
+    let brew = reqwest::Method::from_bytes(b"BREW").unwrap();
+    let url = format!("{}/api", app.address);
+    assert_eq!(
+        app.client.request(brew, url).send().await.unwrap().status(),
+        405
+    );
+    let front_after = Scrape::of(&app.client, &app.address).await;
+    let back_after = Scrape::of(&app.client, &admin).await;
+
+    // Assert, front: requests by matched route, method and status; their latencies; confirms.
+    let front_delta = |name: &str, labels: &[(&str, &str)]| {
+        front_after.value(name, labels) - front_before.value(name, labels)
+    };
+    let requests = "kv_http_requests_total";
+    let api = ("route", "/api");
+    let (post, get) = (("method", "POST"), ("method", "GET"));
+    assert_eq!(front_delta(requests, &[api, post, ("status", "200")]), 10.0);
+    assert_eq!(front_delta(requests, &[api, post, ("status", "400")]), 1.0);
+    assert_eq!(front_delta(requests, &[api, get, ("status", "200")]), 5.0);
+    assert_eq!(front_delta(requests, &[api, get, ("status", "404")]), 2.0);
+    let unmatched = [("route", "unmatched"), get, ("status", "404")];
+    assert_eq!(front_delta(requests, &unmatched), 1.0);
+    assert_eq!(
+        front_after.value(requests, &[("route", "/no/such/path")]),
+        0.0,
+        "raw paths must not become labels"
+    );
+    let invented = [api, ("method", "other"), ("status", "405")];
+    assert_eq!(
+        front_delta(requests, &invented),
+        1.0,
+        "nor invented methods"
+    );
+    let latency = "kv_http_request_duration_seconds";
+    let posted = [api, post, ("status", "200")];
+    assert_eq!(front_delta(&format!("{latency}_count"), &posted), 10.0);
+    let spent = front_delta(&format!("{latency}_sum"), &posted);
+    assert!(spent > 0.0 && spent < 10.0 * 2.0, "{spent}");
+    // Real buckets, not a summary: the slowest bucket holds every one of them.
+    assert_eq!(
+        front_delta(
+            &format!("{latency}_bucket"),
+            &[posted[0], post, posted[2], ("le", "+Inf")]
+        ),
+        10.0
+    );
+    assert!(
+        front_after
+            .text
+            .contains(&format!("# TYPE {latency} histogram"))
+    );
+    let confirms = "kv_amqp_publish_confirms_total";
+    assert_eq!(front_delta(confirms, &[("outcome", "ack")]), 10.0);
+    assert_eq!(front_delta(confirms, &[("outcome", "nack")]), 0.0);
+    // The only request in flight during a scrape is the scrape itself.
+    assert_eq!(front_after.value("kv_http_requests_in_flight", &[]), 1.0);
+    assert_eq!(front_delta("kv_reads_timed_out_total", &[]), 0.0);
+
+    // Assert, back: what it applied, in how many batches, and the rows it now holds.
+    let back_delta = |name: &str, labels: &[(&str, &str)]| {
+        back_after.value(name, labels) - back_before.value(name, labels)
+    };
+    let applied = "kv_messages_applied_total";
+    assert_eq!(back_delta(applied, &[("kind", "put")]), 10.0);
+    assert_eq!(back_delta(applied, &[("kind", "get")]), 7.0);
+    let batches = back_delta("kv_batch_size_count", &[]);
+    assert!((1.0..=17.0).contains(&batches), "{batches}");
+    assert_eq!(back_delta("kv_batch_size_sum", &[]), 17.0);
+    assert_eq!(back_delta("kv_commit_duration_seconds_count", &[]), batches);
+    assert!(back_delta("kv_commit_duration_seconds_sum", &[]) > 0.0);
+    assert_eq!(back_delta("kv_rows", &[]), 7.0);
+    assert_eq!(back_after.value("kv_rows", &[]), app.db_row_count() as f64);
+    assert_eq!(back_delta("kv_messages_dead_lettered_total", &[]), 0.0);
+
+    // A read the stopped back-server cannot answer times out, and is counted.
+    back.signal("STOP");
+    let timed_out = app.get_key("old").await.status();
+    back.signal("CONT");
+    assert_eq!(timed_out, 504);
+    let front_last = Scrape::of(&app.client, &app.address).await;
+    assert_eq!(
+        front_last.value("kv_reads_timed_out_total", &[])
+            - front_before.value("kv_reads_timed_out_total", &[]),
+        1.0
+    );
+    drop(front);
+}
+
+#[tokio::test]
+async fn the_back_server_counts_rows_at_start_and_both_count_reconnects() {
+    let mut app = spawn_app_with(Options::no_servers()).await;
+    let (mut back, _) = start_back(&app).await;
+    back.wait_for_log("consuming").await;
+    let _front = app.start_front_process(&[]).await;
+    for n in 0..5 {
+        app.put(&format!("k{n}"), f64::from(n)).await;
+    }
+    app.wait_for_db_value("k4", 4.0).await;
+    back.signal("TERM");
+    assert!(back.exit_within(PATIENCE).await.success());
+
+    // A new back-server on the same database counts the rows it finds.
+    let (back, admin) = start_back(&app).await;
+    back.wait_for_log("consuming").await;
+    let front_before = Scrape::of(&app.client, &app.address).await;
+    let back_before = Scrape::of(&app.client, &admin).await;
+    assert_eq!(back_before.value("kv_rows", &[]), 5.0);
+
+    // RabbitMQ closes both links; each server opens a new one and counts it.
+    assert_eq!(close_connections_of(&app.queue), 2);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let reconnects = "kv_amqp_reconnects_total";
+    loop {
+        let front_now = Scrape::of(&app.client, &app.address).await;
+        let back_now = Scrape::of(&app.client, &admin).await;
+        let front_rose = front_now.value(reconnects, &[("server", "front")])
+            - front_before.value(reconnects, &[("server", "front")]);
+        let back_rose = back_now.value(reconnects, &[("server", "back")])
+            - back_before.value(reconnects, &[("server", "back")]);
+        if front_rose == 1.0 && back_rose == 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reconnects rose by {front_rose} (front) and {back_rose} (back), not 1 and 1"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_back_server_is_ready_only_while_consuming_with_a_database_that_takes_writes() {
+    let app = spawn_app_with(Options::front_only()).await;
+    let (back, admin) = start_back(&app).await;
+
+    let health = json(
+        app.client
+            .get(format!("{admin}/health"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(health, (200, json!({ "status": "ok" })));
+    let ready = wait_for_ready_status(&app, &admin, 200).await;
+    assert_eq!(ready, json!({ "status": "ready" }));
+
+    // The disk is full, as far as the back-server can tell: it retries, and is not ready.
+    app.put("before", 1.0).await;
+    app.wait_for_db_value("before", 1.0).await;
+    set_file_size_limit(&back, "0");
+    for n in 0..5 {
+        app.put(&format!("while-full-{n}"), f64::from(n)).await;
+    }
+    let refused = wait_for_ready_status(&app, &admin, 503).await;
+    assert_eq!(refused["status"], "not ready", "{refused}");
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the database refuses writes"),
+        "{reason}"
+    );
+    let health = json(
+        app.client
+            .get(format!("{admin}/health"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(health.0, 200, "still alive");
+
+    // The disk has room again: the retry goes through and the back-server is ready again.
+    set_file_size_limit(&back, "unlimited");
+    let ready = wait_for_ready_status(&app, &admin, 200).await;
+    assert_eq!(ready, json!({ "status": "ready" }));
+    app.wait_for_db_value("while-full-4", 4.0).await;
+}
+
+#[tokio::test]
+async fn without_the_broker_the_back_server_is_healthy_but_not_ready() {
+    let app = spawn_app_with(Options::no_servers()).await;
+    // Nothing listens on port 1: the back-server keeps retrying in the background.
+    let back = app.start_back_process(&[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")]);
+    let admin = format!("http://{}", back.wait_for_address("admin listening").await);
+    back.wait_for_log("cannot connect to RabbitMQ").await;
+
+    let health = json(
+        app.client
+            .get(format!("{admin}/health"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let ready = json(
+        app.client
+            .get(format!("{admin}/ready"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_eq!(health, (200, json!({ "status": "ok" })));
+    assert_eq!(
+        ready,
+        (
+            503,
+            json!({ "status": "not ready", "reason": "no working connection to RabbitMQ" })
+        )
+    );
+}
