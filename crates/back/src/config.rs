@@ -1,7 +1,7 @@
 //! The back-server's settings; `back-server --help` prints them with their defaults.
 
 use clap::Parser;
-use kv_protocol::AmqpSettings;
+use kv_protocol::{AmqpSettings, LogSettings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -15,6 +15,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub amqp: AmqpSettings,
+
+    #[command(flatten)]
+    pub log: LogSettings,
 
     /// SQLite database file; created, with its table, if missing.
     #[arg(long, env = "DB_PATH", value_name = "FILE", default_value = "kv.db")]

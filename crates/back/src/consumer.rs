@@ -16,7 +16,9 @@ use crate::config::Config;
 use crate::store::{Outcome, Store, StoreError};
 use futures_util::future::try_join_all;
 use futures_util::{FutureExt, StreamExt};
-use kv_protocol::{DEAD_REASON_HEADER, Reply, Request, dead_letter_queue, declare_topology};
+use kv_protocol::{
+    DEAD_REASON_HEADER, REQUEST_ID_HEADER, Reply, Request, dead_letter_queue, declare_topology,
+};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -162,6 +164,19 @@ impl Drop for NotConsuming<'_> {
     }
 }
 
+/// The id of the HTTP request a message comes from (see [`REQUEST_ID_HEADER`]), or `-`.
+fn request_id(delivery: &Delivery) -> String {
+    let header = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(REQUEST_ID_HEADER));
+    match header {
+        Some(AMQPValue::LongString(id)) => id.to_string(),
+        _ => "-".to_owned(),
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Handled {
     /// Done with (applied or dead-lettered) and acked.
@@ -219,7 +234,8 @@ impl Worker<'_> {
                 "redelivered {attempts} times: each try ended with the back-server stopping \
                  or crashing before it could acknowledge the message"
             );
-            tracing::error!(delivery_tag = delivery.delivery_tag, %reason, "dead-lettering a message");
+            let request_id = request_id(&delivery);
+            tracing::error!(%request_id, %reason, "dead-lettering a message");
             self.dead_letter(&delivery, "redelivered", &reason).await?;
             delivery.ack(BasicAckOptions::default()).await?;
         } else if self.handle_group(&mut vec![delivery]).await? == Handled::Interrupted {
@@ -247,7 +263,8 @@ impl Worker<'_> {
                 }
                 Err(err) => {
                     let reason = format!("unparseable request: {err}");
-                    tracing::warn!(delivery_tag = delivery.delivery_tag, %reason, "dead-lettering a message");
+                    let request_id = request_id(&delivery);
+                    tracing::warn!(%request_id, %reason, "dead-lettering a message");
                     self.dead_letter(&delivery, "unparseable", &reason).await?;
                     // On its own (not `multiple`): the requests before it are not committed yet.
                     delivery.ack(BasicAckOptions::default()).await?;
@@ -267,6 +284,12 @@ impl Worker<'_> {
         // A crash after the commit, before the ack: RabbitMQ redelivers what SQLite already has.
         #[cfg(feature = "failpoints")]
         fail::fail_point!("after-commit", |_| std::process::abort());
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for (delivery, outcome) in applied.iter().zip(&outcomes) {
+                let request_id = request_id(delivery);
+                tracing::debug!(%request_id, ?outcome, "applied");
+            }
+        }
         // Replies go to different requesters, so they need no order among themselves.
         let replies = applied
             .iter()

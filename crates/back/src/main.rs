@@ -4,11 +4,11 @@ use back_server::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kv_protocol::init_tracing();
     // Test builds only: fault injection configured by the FAILPOINTS variable.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let config: Config = kv_protocol::parse_with_config_file()?;
+    kv_protocol::init_tracing(&config.log);
     let application = Application::build(config).await?;
     application
         .run_until_stopped(kv_protocol::shutdown_signal())

@@ -14,9 +14,9 @@
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use kv_protocol::{DIRECT_REPLY_TO, Key, Reply, Request, declare_topology};
+use kv_protocol::{DIRECT_REPLY_TO, Key, REQUEST_ID_HEADER, Reply, Request, declare_topology};
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use std::collections::HashMap;
@@ -105,6 +105,7 @@ struct Link {
 struct Write {
     body: Vec<u8>,
     id: ShortString,
+    headers: FieldTable,
     done: oneshot::Sender<lapin::Result<Confirmation>>,
 }
 
@@ -133,9 +134,9 @@ async fn publish_writes(writes: Channel, queue: ShortString, mut requests: mpsc:
     loop {
         tokio::select! {
             request = requests.recv() => {
-                let Some(Write { body, id, done }) = request else { break };
+                let Some(Write { body, id, headers, done }) = request else { break };
                 let queue = queue.clone();
-                let properties = properties.clone().with_message_id(id);
+                let properties = properties.clone().with_message_id(id).with_headers(headers);
                 in_flight.push(async move {
                     let confirmed = async {
                         writes
@@ -224,13 +225,15 @@ impl Broker {
     }
 
     /// Publishes a durable write and returns once RabbitMQ has confirmed it.
-    pub async fn write(&self, key: Key, value: f64) -> Result<(), BrokerError> {
+    /// `request_id` travels in the message's headers, for the back-server's logs.
+    pub async fn write(&self, key: Key, value: f64, request_id: &str) -> Result<(), BrokerError> {
         let link = self.current()?;
         let generation = link.generation;
         let (done, confirmed) = oneshot::channel();
         let write = Write {
             body: Request::Put { key, value }.to_vec(),
             id: message_id(),
+            headers: request_headers(request_id),
             done,
         };
         let call = async {
@@ -277,11 +280,12 @@ impl Broker {
     }
 
     /// Asks the back-server for the value under `key` and waits for its reply until the deadline.
-    pub async fn read(&self, key: &Key) -> Result<Option<f64>, BrokerError> {
+    pub async fn read(&self, key: &Key, request_id: &str) -> Result<Option<f64>, BrokerError> {
         let link = self.current()?;
         let mut waiting = self.replies.register();
         let properties = json_properties()
             .with_message_id(message_id())
+            .with_headers(request_headers(request_id))
             .with_correlation_id(waiting.id.to_string().into())
             .with_reply_to(DIRECT_REPLY_TO.into())
             .with_expiration(self.expiration.clone());
@@ -297,6 +301,7 @@ impl Broker {
                 )
                 .await
                 .map_err(|err| self.link_failed(link.generation, err))?;
+            tracing::debug!("read published; waiting for the back-server's reply");
             waiting.reply().await
         };
         let reply = tokio::time::timeout(self.deadline, call)
@@ -319,6 +324,15 @@ impl Broker {
 
 fn json_properties() -> BasicProperties {
     BasicProperties::default().with_content_type("application/json".into())
+}
+
+fn request_headers(request_id: &str) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        REQUEST_ID_HEADER.into(),
+        AMQPValue::LongString(request_id.into()),
+    );
+    headers
 }
 
 /// A unique id for each message: the back-server counts redeliveries by it (see its consumer).

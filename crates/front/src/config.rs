@@ -1,7 +1,7 @@
 //! The front-server's settings; `front-server --help` prints them with their defaults.
 
 use clap::Parser;
-use kv_protocol::AmqpSettings;
+use kv_protocol::{AmqpSettings, LogSettings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +16,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub amqp: AmqpSettings,
+
+    #[command(flatten)]
+    pub log: LogSettings,
 
     /// Address and port the HTTP server listens on (port 0 picks a free one).
     #[arg(

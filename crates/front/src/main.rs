@@ -4,8 +4,8 @@ use front_server::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kv_protocol::init_tracing();
     let config: Config = kv_protocol::parse_with_config_file()?;
+    kv_protocol::init_tracing(&config.log);
     let application = Application::build(config).await?;
     application
         .run_until_stopped(kv_protocol::shutdown_signal())

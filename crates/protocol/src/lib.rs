@@ -66,5 +66,9 @@ pub use connect::{
 };
 pub use message::{Key, KeyError, MAX_KEY_BYTES, Reply, Request};
 pub use signal::shutdown_signal;
-pub use telemetry::{LATENCY_BUCKETS, init_tracing, install_metrics, render_metrics};
-pub use topology::{DEAD_REASON_HEADER, DIRECT_REPLY_TO, dead_letter_queue, declare_topology};
+pub use telemetry::{
+    LATENCY_BUCKETS, LogFormat, LogSettings, init_tracing, install_metrics, render_metrics,
+};
+pub use topology::{
+    DEAD_REASON_HEADER, DIRECT_REPLY_TO, REQUEST_ID_HEADER, dead_letter_queue, declare_topology,
+};

@@ -9,14 +9,34 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The logging settings both servers share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogSettings {
+    /// Log line format on stderr; the filter is RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides the default of `info`.
-pub fn init_tracing() {
+pub fn init_tracing(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Text => subscriber.with_ansi(std::io::stderr().is_terminal()).init(),
+        // The current span's fields (a request's id, method and path) go in every line.
+        LogFormat::Json => subscriber.json().with_current_span(true).init(),
+    }
 }
 
 /// Upper bounds of the latency histograms' buckets, in seconds: from a cached GET on the loopback

@@ -8,6 +8,10 @@ use lapin::types::{AMQPValue, FieldTable};
 /// RabbitMQ's pseudo-queue for direct reply-to; see the crate docs for why we use it.
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// Header carrying the id of the HTTP request a message comes from, so that both servers' log
+/// lines about it can be found together.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Header the back-server sets on a dead-lettered message: why it could not be processed.
 pub const DEAD_REASON_HEADER: &str = "x-kv-dead-reason";
 

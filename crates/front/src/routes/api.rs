@@ -9,12 +9,13 @@ use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use kv_protocol::Key;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
+use tower_http::request_id::RequestId;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::{RefOr, schema::AdditionalProperties};
 
@@ -73,10 +74,12 @@ fn success<T>(data: T) -> Json<Success<T>> {
 )]
 async fn write(
     State(state): State<AppState>,
+    id: Option<Extension<RequestId>>,
     NewPair { key, value }: NewPair,
 ) -> Result<Json<Success<String>>, ApiError> {
     let sentence = format!("Value {value} stored for key '{key}'");
-    state.broker.write(key, value).await?;
+    let request_id = super::request_id(id.as_deref());
+    state.broker.write(key, value, request_id).await?;
     Ok(success(sentence))
 }
 
@@ -109,10 +112,15 @@ async fn write(
 )]
 async fn read(
     State(state): State<AppState>,
+    id: Option<Extension<RequestId>>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Success<f64>>, ApiError> {
     let key = parse_key_query(query.as_deref())?;
-    match state.broker.read(&key).await? {
+    match state
+        .broker
+        .read(&key, super::request_id(id.as_deref()))
+        .await?
+    {
         Some(value) => Ok(success(value)),
         None => Err(ApiError::KeyNotFound(key)),
     }

@@ -9,12 +9,19 @@ mod metrics;
 use crate::broker::Broker;
 use crate::error::ApiError;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use std::any::Any;
 use std::sync::Arc;
+use tower_http::LatencyUnit;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::{Level, Span};
 
 /// What handlers share.
 #[derive(Clone)]
@@ -35,12 +42,44 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(fallback::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
-        // ApiError logs our failures once, with their cause; the trace layer need not repeat it.
-        .layer(TraceLayer::new_for_http().on_failure(()))
+        // One line per request, when it is answered. ApiError logs our failures once, with their
+        // cause; the trace layer need not repeat them.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(
+                    DefaultOnResponse::new()
+                        .level(Level::INFO)
+                        .latency_unit(LatencyUnit::Micros),
+                )
+                .on_failure(()),
+        )
+        // A client's own `x-request-id` is kept (it may trace the request across services);
+        // otherwise a UUID is made. Either way it is in the answer, the logs and the AMQP message.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         // Outermost, so it times and counts what the client gets, panics and rejections included.
         // Router::layer wraps each route, so the matched route is known to it.
         .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
+}
+
+/// The span every log line of a request is in: its id, method and path. Not its query, which
+/// holds the key a client reads.
+fn request_span(request: &Request<Body>) -> Span {
+    tracing::info_span!(
+        "request",
+        request_id = %request_id(request.extensions().get()),
+        method = %request.method(),
+        path = %request.uri().path(),
+    )
+}
+
+/// A request's id as text; `-` if it has none or it is not printable.
+fn request_id(id: Option<&RequestId>) -> &str {
+    id.and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or("-")
 }
 
 /// Installs the process's metrics recorder (once) and describes the front's series.

@@ -149,9 +149,10 @@ async fn sigterm_stops_the_front_then_the_back_under_load_and_loses_nothing() {
     let mut app = spawn_app_with(Options::no_servers()).await;
     let mut back = app.start_back_process(&[]);
     back.wait_for_log("consuming").await;
-    // tower-http logs each request it starts at debug: how the test knows a request is in flight.
+    // At debug the front-server logs each read it has published: how the test knows a read is
+    // in flight.
     let mut front = app
-        .start_front_process(&[("RUST_LOG", "info,tower_http=debug")])
+        .start_front_process(&[("RUST_LOG", "info,front_server=debug")])
         .await;
     for n in 0..8 {
         app.put(&format!("read-{n}"), f64::from(n)).await;
@@ -163,12 +164,20 @@ async fn sigterm_stops_the_front_then_the_back_under_load_and_loses_nothing() {
     back.signal("STOP");
     let reads: Vec<_> = (0..8)
         .map(|n| {
-            let url = format!("{}/api?key=read-{n}", app.address);
-            tokio::spawn(async move { json(reqwest::get(url).await.unwrap()).await })
+            let request = app
+                .client
+                .get(format!("{}/api?key=read-{n}", app.address))
+                .header("x-request-id", format!("read-{n}"));
+            tokio::spawn(async move { json(request.send().await.unwrap()).await })
         })
         .collect();
     for n in 0..8 {
-        front.wait_for_log(&format!("uri=/api?key=read-{n} ")).await;
+        let published = format!("request_id=read-{n} ");
+        let line = front.wait_for_log(&published).await;
+        assert!(
+            line.contains("waiting for the back-server's reply"),
+            "{line}"
+        );
     }
     front.signal("TERM");
     back.signal("CONT");

@@ -144,6 +144,9 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
                 amqp_url: options.amqp_url.clone(),
                 queue: app.queue.clone(),
             },
+            log: kv_protocol::LogSettings {
+                log_format: kv_protocol::LogFormat::Text,
+            },
             listen: "127.0.0.1:0".parse().unwrap(),
             rpc_timeout_ms: options.rpc_timeout_ms,
             body_limit_bytes: 64 * 1024,
@@ -211,6 +214,9 @@ impl TestApp {
             amqp: kv_protocol::AmqpSettings {
                 amqp_url: self.amqp_url.clone(),
                 queue: self.queue.clone(),
+            },
+            log: kv_protocol::LogSettings {
+                log_format: kv_protocol::LogFormat::Text,
             },
             db_path: self.db_path.clone(),
             prefetch: 64,

@@ -12,6 +12,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod late_reply;
+mod logs;
 mod metrics;
 mod openapi;
 mod process;

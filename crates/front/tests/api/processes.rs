@@ -88,13 +88,29 @@ impl ServerProcess {
 
     /// Waits for the log line containing `needle` that reports a bound address
     /// (`address=127.0.0.1:PORT`) and returns that address.
+    /// Waits for the log line containing `needle` and returns the `address` it names, in text
+    /// (`address=…`) or JSON (`"address":"…"`) format.
     pub async fn wait_for_address(&self, needle: &str) -> String {
         let line = self.wait_for_log(needle).await;
         line.split("address=")
             .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
+            .or_else(|| line.split(r#""address":""#).nth(1))
+            .and_then(|rest| rest.split([' ', '"']).next())
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_owned()
+    }
+
+    /// The log's lines, each parsed as a JSON object (`LOG_FORMAT=json`); fails on any other line.
+    pub fn json_log(&self) -> Vec<serde_json::Value> {
+        self.log
+            .borrow()
+            .iter()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|_| {
+                    panic!("{}: a log line that is not JSON: {line}", self.name)
+                })
+            })
+            .collect()
     }
 
     /// Resident memory in KiB, from the kernel's own accounting (`VmRSS` in `/proc/<pid>/status`).
