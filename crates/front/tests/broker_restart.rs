@@ -26,7 +26,7 @@ async fn both_servers_heal_after_rabbitmq_restarts_and_no_acknowledged_write_is_
         ..Options::no_servers()
     })
     .await;
-    let back = app.start_back_process(&[]);
+    let back = app.start_back_process(&[]).await;
     back.wait_for_log("consuming").await;
     let deadline = DEADLINE.as_millis().to_string();
     let _front = app

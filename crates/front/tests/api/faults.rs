@@ -16,7 +16,7 @@ const STOP_WITHIN: Duration = Duration::from_secs(10);
 #[tokio::test]
 async fn a_back_server_killed_mid_writes_loses_no_acknowledged_write() {
     let app = spawn_app_with(Options::front_only()).await;
-    let mut back = app.start_back_process(&[]);
+    let mut back = app.start_back_process(&[]).await;
     back.wait_for_log("consuming").await;
     let writers = Writers::start(&app.address, 8, 16, 640);
 
@@ -25,7 +25,7 @@ async fn a_back_server_killed_mid_writes_loses_no_acknowledged_write() {
     // RabbitMQ holds what the dead back-server had in hand, and keeps taking writes.
     let killed_at = writers.acked();
     writers.wait_for_acked(killed_at + 1000).await;
-    let _back = app.start_back_process(&[]);
+    let _back = app.start_back_process(&[]).await;
     let attempts = writers.finish().await;
 
     let failed: Vec<_> = attempts.iter().filter(|a| !a.acked()).collect();
@@ -147,7 +147,7 @@ async fn wait_until_answered(app: &TestApp, key: &str) -> f64 {
 #[tokio::test]
 async fn sigterm_stops_the_front_then_the_back_under_load_and_loses_nothing() {
     let mut app = spawn_app_with(Options::no_servers()).await;
-    let mut back = app.start_back_process(&[]);
+    let mut back = app.start_back_process(&[]).await;
     back.wait_for_log("consuming").await;
     // At debug the front-server logs each read it has published: how the test knows a read is
     // in flight.
@@ -224,7 +224,7 @@ async fn sigterm_stops_the_front_then_the_back_under_load_and_loses_nothing() {
 #[tokio::test]
 async fn a_database_that_refuses_writes_keeps_them_queued_until_it_accepts_them() {
     let app = spawn_app_with(Options::front_only()).await;
-    let back = app.start_back_process(&[]);
+    let back = app.start_back_process(&[]).await;
     back.wait_for_log("consuming").await;
     app.put("before", 1.0).await;
     app.wait_for_db_value("before", 1.0).await;
@@ -276,7 +276,9 @@ async fn a_batch_redelivered_after_a_crash_between_commit_and_ack_ends_the_same(
     app.put("b", 2.0).await;
     app.put("a", 3.0).await;
 
-    let mut crashing = app.start_back_process(&[("FAILPOINTS", "after-commit=return")]);
+    let mut crashing = app
+        .start_back_process(&[("FAILPOINTS", "after-commit=return")])
+        .await;
     let exit = crashing.exit_within(PATIENCE).await;
     assert!(
         !exit.success(),
@@ -286,7 +288,7 @@ async fn a_batch_redelivered_after_a_crash_between_commit_and_ack_ends_the_same(
     // Its first batch (one message or more, as they arrived) was committed, never acked.
     assert!(app.db_value("a").is_some());
     app.put("a", 4.0).await;
-    let back = app.start_back_process(&[]);
+    let back = app.start_back_process(&[]).await;
     back.wait_for_log("consuming").await;
 
     app.wait_for_db_value("a", 4.0).await;
@@ -335,12 +337,12 @@ async fn a_message_that_keeps_crashing_the_back_server_is_dead_lettered() {
 
     // The first delivery and two redeliveries each crash the back-server…
     for _ in 0..3 {
-        let mut back = app.start_back_process(&crash);
+        let mut back = app.start_back_process(&crash).await;
         let exit = back.exit_within(PATIENCE).await;
         assert!(!exit.success(), "it should have crashed:\n{}", back.log());
     }
     // …so the third redelivery is set aside, and the back-server stays up.
-    let mut back = app.start_back_process(&crash);
+    let mut back = app.start_back_process(&crash).await;
     back.wait_for_log("dead-lettering a message").await;
     let dead = dead_letter_queue(&app.queue);
     wait_for_messages(&app, &dead, 1).await;

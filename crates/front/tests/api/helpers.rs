@@ -234,7 +234,7 @@ impl TestApp {
 
     /// Starts the back-server binary on this test's queue and database; `env` adds or overrides
     /// settings. Does not wait for it to be ready.
-    pub fn start_back_process(&self, env: &[(&str, &str)]) -> ServerProcess {
+    pub async fn start_back_process(&self, env: &[(&str, &str)]) -> ServerProcess {
         let mut settings = vec![
             ("AMQP_URL", self.amqp_url.as_str()),
             ("KV_QUEUE", self.queue.as_str()),
@@ -245,7 +245,7 @@ impl TestApp {
             ("ADMIN_LISTEN", "127.0.0.1:0"),
         ];
         settings.extend_from_slice(env);
-        ServerProcess::start("back-server", back_server_binary(), &settings)
+        ServerProcess::start("back-server", back_server_binary().await, &settings)
     }
 
     /// Starts the front-server binary on this test's queue, makes it the server this test's

@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 async fn each_request_is_logged_once_with_an_id_the_back_server_logs_too() {
     let mut app = spawn_app_with(Options::no_servers()).await;
     let json_logs = ("LOG_FORMAT", "json");
-    let back = app.start_back_process(&[json_logs, ("RUST_LOG", "info,back_server=debug")]);
+    let back = app
+        .start_back_process(&[json_logs, ("RUST_LOG", "info,back_server=debug")])
+        .await;
     back.wait_for_log("consuming").await;
     let front = app.start_front_process(&[json_logs]).await;
 

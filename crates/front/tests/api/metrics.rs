@@ -76,7 +76,7 @@ fn parse_labels(labels: &str) -> HashMap<String, String> {
 
 /// Starts the back-server binary and returns it with its admin listener's base URL.
 async fn start_back(app: &TestApp) -> (ServerProcess, String) {
-    let back = app.start_back_process(&[]);
+    let back = app.start_back_process(&[]).await;
     let admin = format!("http://{}", back.wait_for_address("admin listening").await);
     (back, admin)
 }
@@ -309,7 +309,9 @@ async fn the_back_server_is_ready_only_while_consuming_with_a_database_that_take
 async fn without_the_broker_the_back_server_is_healthy_but_not_ready() {
     let app = spawn_app_with(Options::no_servers()).await;
     // Nothing listens on port 1: the back-server keeps retrying in the background.
-    let back = app.start_back_process(&[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")]);
+    let back = app
+        .start_back_process(&[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")])
+        .await;
     let admin = format!("http://{}", back.wait_for_address("admin listening").await);
     back.wait_for_log("cannot connect to RabbitMQ").await;
 

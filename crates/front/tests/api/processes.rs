@@ -5,7 +5,6 @@
 use crate::helpers::PATIENCE;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -18,24 +17,30 @@ pub fn front_server_binary() -> &'static Path {
 /// The back-server binary with fault injection compiled in (`FAILPOINTS`). It belongs to another
 /// package, so Cargo does not build it for this one's tests: build it once per test run. Cargo's
 /// build lock is free while tests run, and when nothing changed this takes a fraction of a second.
-pub fn back_server_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let output = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--package", "back-server", "--bin", "back-server"])
-            .args(["--features", "failpoints", "--message-format=json"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(output.status.success(), "cargo build of back-server failed");
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .find_map(|message| Some(message["executable"].as_str()?.into()))
-            .expect("cargo reports the back-server executable")
-    })
+///
+/// Async, so that a build (long in a fresh checkout) never blocks a test's runtime: a server
+/// running in that runtime would stop sending heartbeats, and RabbitMQ would close its connection.
+pub async fn back_server_binary() -> &'static Path {
+    static BINARY: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
+    BINARY
+        .get_or_init(|| async {
+            let output = Command::new(env!("CARGO"))
+                .args(["build", "--package", "back-server", "--bin", "back-server"])
+                .args(["--features", "failpoints", "--message-format=json"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .stderr(Stdio::inherit())
+                .output()
+                .await
+                .expect("run cargo build");
+            assert!(output.status.success(), "cargo build of back-server failed");
+            String::from_utf8(output.stdout)
+                .unwrap()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .find_map(|message| Some(message["executable"].as_str()?.into()))
+                .expect("cargo reports the back-server executable")
+        })
+        .await
 }
 
 pub struct ServerProcess {
