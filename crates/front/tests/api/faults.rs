@@ -2,7 +2,9 @@
 //! Each case ends by reading SQLite directly: every write that got a `200` must be there.
 //! (The broker restart lives in its own test binary, `tests/broker_restart.rs`: it must run alone.)
 
-use crate::helpers::{Options, PATIENCE, TestApp, json, rabbitmqctl, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Options, PATIENCE, TestApp, eventually, json, rabbitmqctl, spawn_app, spawn_app_with,
+};
 use crate::proxy::Proxy;
 use crate::writers::{Writers, assert_none_slower_than, audit};
 use kv_protocol::{DEAD_REASON_HEADER, Key, Request, dead_letter_queue};
@@ -130,18 +132,13 @@ pub fn close_connections_of(queue: &str) -> usize {
 
 /// Reads `key` until the back-server answers (it may be reconnecting); returns the value.
 async fn wait_until_answered(app: &TestApp, key: &str) -> f64 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (status, body) = json(app.get_key(key).await).await;
-        if status == 200 {
-            return body["data"].as_f64().unwrap();
+    eventually(&format!("a read of {key} is answered"), || async {
+        match json(app.get_key(key).await).await {
+            (200, body) => Ok(body["data"].as_f64().unwrap()),
+            (status, body) => Err(format!("{status} {body}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never answered: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -375,12 +372,11 @@ async fn a_message_that_keeps_crashing_the_back_server_is_dead_lettered() {
 }
 
 async fn wait_for_messages(app: &TestApp, queue: &str, count: u32) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while app.messages_in(queue).await != count {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{queue} never held {count}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(&format!("{queue} holds {count}"), || async {
+        match app.messages_in(queue).await {
+            held if held == count => Ok(()),
+            held => Err(format!("{held} messages")),
+        }
+    })
+    .await
 }

@@ -372,14 +372,13 @@ impl TestApp {
 
     /// Waits until SQLite holds `expected` for `key`.
     pub async fn wait_for_db_value(&self, key: &str, expected: f64) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while self.db_value(key) != Some(expected) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{key} never became {expected}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(&format!("{key} becomes {expected}"), || async {
+            match self.db_value(key) {
+                Some(value) if value == expected => Ok(()),
+                other => Err(format!("holds {other:?}")),
+            }
+        })
+        .await
     }
 
     /// A channel on a connection of the test's own, for looking into the queues.
@@ -472,6 +471,26 @@ impl Drop for TestApp {
             });
         });
         let _ = cleanup.join();
+    }
+}
+
+/// Checks a condition until it holds (`Ok`) and returns what it gave; fails after [`PATIENCE`]
+/// with `what` and the last `Err`. For conditions nothing signals, such as a row appearing in
+/// SQLite or a queue's length.
+pub async fn eventually<T, F>(what: &str, mut check: impl FnMut() -> F) -> T
+where
+    F: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(last) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "never true: {what}; last: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -3,7 +3,7 @@
 //! this process every in-process server would share one recorder).
 
 use crate::faults::{close_connections_of, set_file_size_limit};
-use crate::helpers::{Options, PATIENCE, TestApp, json, spawn_app_with};
+use crate::helpers::{Options, PATIENCE, TestApp, eventually, json, spawn_app_with};
 use crate::processes::ServerProcess;
 use serde_json::json;
 use std::collections::HashMap;
@@ -83,19 +83,14 @@ async fn start_back(app: &TestApp) -> (ServerProcess, String) {
 
 /// Polls `GET {admin}/ready` until it answers `status`; returns the body.
 async fn wait_for_ready_status(app: &TestApp, admin: &str, status: u16) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    eventually(&format!("/ready answers {status}"), || async {
         let response = app.client.get(format!("{admin}/ready")).send().await;
-        let (actual, body) = json(response.expect("GET /ready is answered")).await;
-        if actual == status {
-            return body;
+        match json(response.expect("GET /ready is answered")).await {
+            (actual, body) if actual == status => Ok(body),
+            (actual, body) => Err(format!("{actual} {body}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/ready never answered {status}; last {actual} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
