@@ -2,18 +2,14 @@
 //! with the reason, and the queue goes on.
 
 use crate::helpers::{PATIENCE, json, spawn_app};
-use lapin::options::{BasicGetOptions, ConfirmSelectOptions};
+use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn a_malformed_message_is_dead_lettered_and_the_next_write_is_applied() {
     let app = spawn_app().await;
-    let (connection, channel) = app.broker().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (connection, channel) = app.publisher().await;
     for body in [
         &b"not json at all"[..],
         br#"{"op":"put","key":"","value":1}"#,

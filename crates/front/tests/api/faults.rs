@@ -8,7 +8,7 @@ use crate::helpers::{
 use crate::proxy::Proxy;
 use crate::writers::{Writers, assert_none_slower_than, audit};
 use kv_protocol::{DEAD_REASON_HEADER, Key, Request, dead_letter_queue};
-use lapin::options::{BasicGetOptions, ConfirmSelectOptions};
+use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use std::time::Duration;
 
@@ -298,11 +298,7 @@ async fn a_batch_redelivered_after_a_crash_between_commit_and_ack_ends_the_same(
 #[tokio::test]
 async fn duplicate_deliveries_of_a_write_leave_the_last_value() {
     let mut app = spawn_app_with(Options::front_only()).await;
-    let (_connection, channel) = app.broker().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (_connection, channel) = app.publisher().await;
     let write = |value| {
         Request::Put {
             key: Key::parse("dup").unwrap(),

@@ -3,7 +3,7 @@
 //! and takes it in batches (of at most 32 here), then checks answers, SQLite and the queues.
 
 use crate::helpers::{Options, PATIENCE, TestApp, json, spawn_app_with};
-use lapin::options::{BasicGetOptions, ConfirmSelectOptions};
+use lapin::options::BasicGetOptions;
 use std::time::Duration;
 
 /// Waits until `count` messages are ready in the app's request queue.
@@ -63,11 +63,7 @@ async fn each_read_in_a_backlog_sees_exactly_the_writes_queued_before_it() {
 #[tokio::test]
 async fn a_malformed_message_inside_a_batch_is_dead_lettered_and_the_rest_applied() {
     let mut app = spawn_app_with(Options::front_only()).await;
-    let (connection, channel) = app.broker().await;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (connection, channel) = app.publisher().await;
     let bodies: [&[u8]; 5] = [
         br#"{"op":"put","key":"a","value":1}"#,
         b"garbage in the middle",

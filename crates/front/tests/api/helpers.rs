@@ -390,6 +390,16 @@ impl TestApp {
         (connection, channel)
     }
 
+    /// Like [`Self::broker`], with the channel in confirm mode, as [`Self::publish_raw`] needs.
+    pub async fn publisher(&self) -> (Connection, lapin::Channel) {
+        let (connection, channel) = self.broker().await;
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        (connection, channel)
+    }
+
     /// Puts `body` on the request queue as a persistent message, as a hand-crafted or foreign
     /// sender would, and waits for RabbitMQ's ack. `channel` must be in confirm mode.
     pub async fn publish_raw(&self, channel: &lapin::Channel, body: &[u8]) {

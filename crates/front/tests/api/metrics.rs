@@ -81,11 +81,16 @@ async fn start_back(app: &TestApp) -> (ServerProcess, String) {
     (back, admin)
 }
 
+/// `GET {admin}{path}` on the back-server's admin listener: the status and the JSON body.
+async fn admin_get(app: &TestApp, admin: &str, path: &str) -> (u16, serde_json::Value) {
+    let response = app.client.get(format!("{admin}{path}")).send().await;
+    json(response.expect("the admin listener answers")).await
+}
+
 /// Polls `GET {admin}/ready` until it answers `status`; returns the body.
 async fn wait_for_ready_status(app: &TestApp, admin: &str, status: u16) -> serde_json::Value {
     eventually(&format!("/ready answers {status}"), || async {
-        let response = app.client.get(format!("{admin}/ready")).send().await;
-        match json(response.expect("GET /ready is answered")).await {
+        match admin_get(app, admin, "/ready").await {
             (actual, body) if actual == status => Ok(body),
             (actual, body) => Err(format!("{actual} {body}")),
         }
@@ -257,14 +262,7 @@ async fn the_back_server_is_ready_only_while_consuming_with_a_database_that_take
     let app = spawn_app_with(Options::front_only()).await;
     let (back, admin) = start_back(&app).await;
 
-    let health = json(
-        app.client
-            .get(format!("{admin}/health"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let health = admin_get(&app, &admin, "/health").await;
     assert_eq!(health, (200, json!({ "status": "ok" })));
     let ready = wait_for_ready_status(&app, &admin, 200).await;
     assert_eq!(ready, json!({ "status": "ready" }));
@@ -283,14 +281,7 @@ async fn the_back_server_is_ready_only_while_consuming_with_a_database_that_take
         reason.starts_with("the database refuses writes"),
         "{reason}"
     );
-    let health = json(
-        app.client
-            .get(format!("{admin}/health"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let health = admin_get(&app, &admin, "/health").await;
     assert_eq!(health.0, 200, "still alive");
 
     // The disk has room again: the retry goes through and the back-server is ready again.
@@ -310,22 +301,8 @@ async fn without_the_broker_the_back_server_is_healthy_but_not_ready() {
     let admin = format!("http://{}", back.wait_for_address("admin listening").await);
     back.wait_for_log("cannot connect to RabbitMQ").await;
 
-    let health = json(
-        app.client
-            .get(format!("{admin}/health"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let ready = json(
-        app.client
-            .get(format!("{admin}/ready"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let health = admin_get(&app, &admin, "/health").await;
+    let ready = admin_get(&app, &admin, "/ready").await;
 
     assert_eq!(health, (200, json!({ "status": "ok" })));
     assert_eq!(
