@@ -1,5 +1,5 @@
 //! The back-server's admin HTTP listener (`ADMIN_LISTEN`): `GET /health`, `GET /ready` and
-//! `GET /metrics`, with the front-server's answers ([`kv_protocol::probe`]).
+//! `GET /metrics`, with the front-server's answers ([`kv_runtime::probe`]).
 //!
 //! Ready means the back-server is doing its job: connected to RabbitMQ, consuming the request
 //! queue, and its database took the last write it was given. The consume loop and the store's
@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use kv_protocol::probe::{self, Probe};
+use kv_runtime::probe::{self, Probe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +24,7 @@ pub const RECONNECTS: &str = "kv_amqp_reconnects_total";
 /// Installs the process's metrics recorder (once) and names and explains the back-server's
 /// series (the `# HELP` lines of `/metrics`).
 pub fn install_metrics() {
-    kv_protocol::install_metrics();
+    kv_runtime::install_metrics();
     metrics::describe_histogram!(BATCH_SIZE, "Requests applied per SQLite transaction");
     metrics::describe_histogram!(
         COMMIT_DURATION,
@@ -96,7 +96,7 @@ pub fn router(status: Arc<Status>) -> Router {
     Router::new()
         .route("/health", get(probe::health))
         .route("/ready", get(ready))
-        .route("/metrics", get(kv_protocol::render_metrics))
+        .route("/metrics", get(kv_runtime::render_metrics))
         .with_state(status)
 }
 

@@ -1,7 +1,7 @@
 //! The back-server's settings; `back-server --help` prints them with their defaults.
 
 use clap::Parser;
-use kv_protocol::{AmqpSettings, LogSettings};
+use kv_runtime::{AmqpSettings, LogSettings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -47,15 +47,15 @@ pub async fn consume(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let queue = config.amqp.queue.as_str();
-    let failure = kv_protocol::connection_failure(connection);
+    let failure = kv_runtime::connection_failure(connection);
     let mut failure = std::pin::pin!(failure);
     let (channel, dead_channel, mut deliveries) =
-        tokio::time::timeout(kv_protocol::SETUP_TIMEOUT, subscribe(connection, config))
+        tokio::time::timeout(kv_runtime::SETUP_TIMEOUT, subscribe(connection, config))
             .await
             .map_err(|_| {
                 anyhow::anyhow!(
                     "RabbitMQ did not finish setting up the consumer within {:?}",
-                    kv_protocol::SETUP_TIMEOUT
+                    kv_runtime::SETUP_TIMEOUT
                 )
             })??;
     let batch_size = usize::from(config.batch_size);
@@ -120,7 +120,7 @@ pub async fn consume(
             .await?;
         channel.close(200, "back-server shutting down".into()).await
     };
-    match tokio::time::timeout(kv_protocol::CLOSE_TIMEOUT, goodbye).await {
+    match tokio::time::timeout(kv_runtime::CLOSE_TIMEOUT, goodbye).await {
         Ok(result) => result?,
         Err(_) => tracing::warn!("RabbitMQ did not acknowledge closing the channels in time"),
     }

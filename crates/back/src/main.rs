@@ -7,10 +7,10 @@ async fn main() -> anyhow::Result<()> {
     // Test builds only: fault injection configured by the FAILPOINTS variable.
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let config: Config = kv_protocol::parse_with_config_file()?;
-    kv_protocol::init_tracing(&config.log);
+    let config: Config = kv_runtime::parse_with_config_file()?;
+    kv_runtime::init_tracing(&config.log);
     let application = Application::build(config).await?;
     application
-        .run_until_stopped(kv_protocol::shutdown_signal())
+        .run_until_stopped(kv_runtime::shutdown_signal())
         .await
 }

@@ -114,7 +114,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let mut connections = 0u64;
     while let Some(connection) =
-        kv_protocol::connect_with_backoff(uri, connection_name, shutdown).await
+        kv_runtime::connect_with_backoff(uri, connection_name, shutdown).await
     {
         connections += 1;
         if connections > 1 {
@@ -125,16 +125,16 @@ async fn serve(
         status.set_connected(false);
         match result {
             Ok(()) => {
-                kv_protocol::close_connection(&connection, "back-server shutting down").await;
+                kv_runtime::close_connection(&connection, "back-server shutting down").await;
                 return Ok(());
             }
             Err(err) if err.is::<StoreError>() => {
-                kv_protocol::close_connection(&connection, "back-server failed").await;
+                kv_runtime::close_connection(&connection, "back-server failed").await;
                 return Err(err.context("the SQLite store failed"));
             }
             Err(err) => {
                 tracing::warn!(error = %err, "lost the RabbitMQ link; reconnecting");
-                kv_protocol::close_connection(&connection, "back-server reconnecting").await;
+                kv_runtime::close_connection(&connection, "back-server reconnecting").await;
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(RECONNECT_PAUSE) => {}

@@ -13,7 +13,7 @@ pub struct Broker {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = kv_protocol::DEFAULT_AMQP_URL,
+        default_value = kv_runtime::DEFAULT_AMQP_URL,
         hide_env_values = true
     )]
     pub amqp_url: String,

@@ -427,16 +427,15 @@ impl Supervisor {
     async fn run(self) {
         let mut generation = 0;
         while let Some(connection) =
-            kv_protocol::connect_with_backoff(&self.uri, &self.connection_name, &self.shutdown)
-                .await
+            kv_runtime::connect_with_backoff(&self.uri, &self.connection_name, &self.shutdown).await
         {
             generation += 1;
             if generation > 1 {
                 metrics::counter!(RECONNECTS, "server" => "front").increment(1);
             }
-            let failure = kv_protocol::connection_failure(&connection);
+            let failure = kv_runtime::connection_failure(&connection);
             let setup = open_link(&connection, &self.queue, generation);
-            match tokio::time::timeout(kv_protocol::SETUP_TIMEOUT, setup).await {
+            match tokio::time::timeout(kv_runtime::SETUP_TIMEOUT, setup).await {
                 Ok(Ok((link, replies))) => {
                     self.link.send_replace(Some(Arc::new(link)));
                     tracing::info!(queue = %self.queue, "ready: publishing to RabbitMQ");
@@ -452,14 +451,11 @@ impl Supervisor {
                                     let _ = link.writes.close(200, reason.into()).await;
                                     let _ = link.reads.close(200, reason.into()).await;
                                 };
-                                let _ = tokio::time::timeout(kv_protocol::CLOSE_TIMEOUT, channels)
-                                    .await;
+                                let _ =
+                                    tokio::time::timeout(kv_runtime::CLOSE_TIMEOUT, channels).await;
                             }
-                            kv_protocol::close_connection(
-                                &connection,
-                                "front-server shutting down",
-                            )
-                            .await;
+                            kv_runtime::close_connection(&connection, "front-server shutting down")
+                                .await;
                             tracing::info!("closed the RabbitMQ connection");
                             return;
                         }
@@ -472,11 +468,11 @@ impl Supervisor {
                     tracing::warn!(%err, "cannot set up the RabbitMQ link; reconnecting")
                 }
                 Err(_) => tracing::warn!(
-                    timeout = ?kv_protocol::SETUP_TIMEOUT,
+                    timeout = ?kv_runtime::SETUP_TIMEOUT,
                     "RabbitMQ did not finish setting up the link; reconnecting"
                 ),
             }
-            kv_protocol::close_connection(&connection, "front-server reconnecting").await;
+            kv_runtime::close_connection(&connection, "front-server reconnecting").await;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(RECONNECT_PAUSE) => {}

@@ -1,7 +1,7 @@
 //! The front-server's settings; `front-server --help` prints them with their defaults.
 
 use clap::Parser;
-use kv_protocol::{AmqpSettings, LogSettings};
+use kv_runtime::{AmqpSettings, LogSettings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

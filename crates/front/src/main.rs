@@ -4,10 +4,10 @@ use front_server::{Application, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config: Config = kv_protocol::parse_with_config_file()?;
-    kv_protocol::init_tracing(&config.log);
+    let config: Config = kv_runtime::parse_with_config_file()?;
+    kv_runtime::init_tracing(&config.log);
     let application = Application::build(config).await?;
     application
-        .run_until_stopped(kv_protocol::shutdown_signal())
+        .run_until_stopped(kv_runtime::shutdown_signal())
         .await
 }

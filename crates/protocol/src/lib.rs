@@ -1,7 +1,7 @@
-//! The wire contract between `front-server` and `back-server`: what travels through RabbitMQ,
-//! on which queues, and how each side connects. Both servers depend on this crate, so a change
-//! here is a change of protocol for both at once. It also holds what both servers share beyond the
-//! wire: settings, the connect loop, logging, metrics and the answers of their health probes.
+//! The wire between `front-server` and `back-server`: what travels through RabbitMQ and on which
+//! queues. Both servers depend on this crate, so a change here is a change of protocol for both at
+//! once. It is only the wire: how a server connects, its settings and its telemetry live in
+//! `kv-runtime`.
 //!
 //! # Topology
 //!
@@ -51,24 +51,10 @@
 //! the SQLite transaction that applied it has committed: a crash anywhere before the ack makes
 //! RabbitMQ redeliver, and re-applying an upsert is harmless.
 
-mod config;
-mod connect;
 mod message;
-pub mod probe;
-mod signal;
-mod telemetry;
 mod topology;
 
-pub use config::{AmqpSettings, DEFAULT_AMQP_URL, parse_with_config_file};
-pub use connect::{
-    CLOSE_TIMEOUT, SETUP_TIMEOUT, close_connection, connect_with_backoff, connection_failure,
-    redact,
-};
 pub use message::{Key, KeyError, MAX_KEY_BYTES, Reply, Request};
-pub use signal::shutdown_signal;
-pub use telemetry::{
-    LATENCY_BUCKETS, LogFormat, LogSettings, init_tracing, install_metrics, render_metrics,
-};
 pub use topology::{
     DEAD_REASON_HEADER, DIRECT_REPLY_TO, REQUEST_ID_HEADER, dead_letter_queue, declare_topology,
 };

@@ -36,7 +36,7 @@ pub fn router() -> Router<AppState> {
         content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
 )]
 pub(super) async fn metrics() -> impl IntoResponse {
-    kv_protocol::render_metrics().await
+    kv_runtime::render_metrics().await
 }
 
 /// Names and explains the front's HTTP series (the `# HELP` lines of `/metrics`).

@@ -84,7 +84,7 @@ fn request_id(id: Option<&RequestId>) -> &str {
 
 /// Installs the process's metrics recorder (once) and describes the front's series.
 pub fn install_metrics() {
-    kv_protocol::install_metrics();
+    kv_runtime::install_metrics();
     metrics::describe();
     crate::broker::describe_metrics();
 }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
 pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| kv_protocol::DEFAULT_AMQP_URL.into())
+    std::env::var("AMQP_URL").unwrap_or_else(|_| kv_runtime::DEFAULT_AMQP_URL.into())
 }
 
 /// A queue name no other test or concurrent run uses.
@@ -140,12 +140,12 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if options.front_server {
         let config = front_server::Config {
             config: None,
-            amqp: kv_protocol::AmqpSettings {
+            amqp: kv_runtime::AmqpSettings {
                 amqp_url: options.amqp_url.clone(),
                 queue: app.queue.clone(),
             },
-            log: kv_protocol::LogSettings {
-                log_format: kv_protocol::LogFormat::Text,
+            log: kv_runtime::LogSettings {
+                log_format: kv_runtime::LogFormat::Text,
             },
             listen: "127.0.0.1:0".parse().unwrap(),
             rpc_timeout_ms: options.rpc_timeout_ms,
@@ -211,12 +211,12 @@ impl TestApp {
         assert!(self.back.is_none(), "the back-server already runs");
         let config = back_server::Config {
             config: None,
-            amqp: kv_protocol::AmqpSettings {
+            amqp: kv_runtime::AmqpSettings {
                 amqp_url: self.amqp_url.clone(),
                 queue: self.queue.clone(),
             },
-            log: kv_protocol::LogSettings {
-                log_format: kv_protocol::LogFormat::Text,
+            log: kv_runtime::LogSettings {
+                log_format: kv_runtime::LogFormat::Text,
             },
             db_path: self.db_path.clone(),
             prefetch: 64,
