@@ -19,7 +19,6 @@ pub const COMMIT_DURATION: &str = "kv_commit_duration_seconds";
 pub const MESSAGES_APPLIED: &str = "kv_messages_applied_total";
 pub const DEAD_LETTERED: &str = "kv_messages_dead_lettered_total";
 pub const ROWS: &str = "kv_rows";
-pub const RECONNECTS: &str = "kv_amqp_reconnects_total";
 
 /// Installs the process's metrics recorder (once) and names and explains the back-server's
 /// series (the `# HELP` lines of `/metrics`).
@@ -40,10 +39,6 @@ pub fn install_metrics() {
         "Messages moved to the dead-letter queue, by reason: unparseable or redelivered"
     );
     metrics::describe_gauge!(ROWS, "Rows in the key-value table");
-    metrics::describe_counter!(
-        RECONNECTS,
-        "Connections to RabbitMQ opened after the first, by server"
-    );
     // Present from the start at 0, so that `rate()` and `increase()` see the first event too.
     for kind in ["put", "get"] {
         metrics::counter!(MESSAGES_APPLIED, "kind" => kind).increment(0);
@@ -51,7 +46,6 @@ pub fn install_metrics() {
     for reason in ["unparseable", "redelivered"] {
         metrics::counter!(DEAD_LETTERED, "reason" => reason).increment(0);
     }
-    metrics::counter!(RECONNECTS, "server" => "back").increment(0);
 }
 
 /// What `GET /ready` reports, kept up to date by the consume loop.

@@ -19,13 +19,14 @@ use futures_util::{FutureExt, StreamExt};
 use kv_protocol::{
     DEAD_REASON_HEADER, REQUEST_ID_HEADER, Reply, Request, dead_letter_queue, declare_topology,
 };
+use kv_runtime::End;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -34,133 +35,154 @@ const CONSUMER_TAG: &str = "back-server";
 const FIRST_STORE_RETRY: Duration = Duration::from_millis(50);
 const MAX_STORE_RETRY: Duration = Duration::from_secs(5);
 
-/// Consumes the request queue on `connection` until shutdown (`Ok`, once the batch in hand is
-/// done) or until the connection or channel fails (`Err`, and the caller reconnects, unless the
-/// error is a [`StoreError`], which is fatal). Messages received but not yet acked when either
-/// happens are redelivered by RabbitMQ. Reports to `status` whether it consumes and whether the
-/// database takes writes.
-pub async fn consume(
-    connection: &Connection,
-    store: &Store,
-    config: &Config,
-    status: &Status,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let queue = config.amqp.queue.as_str();
-    let failure = kv_runtime::connection_failure(connection);
-    let mut failure = std::pin::pin!(failure);
-    let (channel, dead_channel, mut deliveries) =
-        tokio::time::timeout(kv_runtime::SETUP_TIMEOUT, subscribe(connection, config))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "RabbitMQ did not finish setting up the consumer within {:?}",
-                    kv_runtime::SETUP_TIMEOUT
-                )
-            })??;
-    let batch_size = usize::from(config.batch_size);
-    // Before the log line, which tests take for "ready".
-    status.set_consuming(true);
-    tracing::info!(queue, prefetch = config.prefetch, batch_size, "consuming");
-    let _not_consuming = NotConsuming(status);
+/// The back-server's side of the connection lifecycle ([`kv_runtime::Session`]): consumes the
+/// request queue on each connection the supervisor opens. Messages received but not yet acked
+/// when a connection ends are redelivered by RabbitMQ. Reports to `status` whether it consumes
+/// and whether the database takes writes.
+pub struct Consumer<'a> {
+    pub store: &'a Store,
+    pub config: &'a Config,
+    pub status: &'a Status,
+}
 
-    let worker = Worker {
-        channel: &channel,
-        dead_channel: &dead_channel,
-        store,
-        queue,
-        max_redeliveries: config.max_redeliveries,
-        status,
-        shutdown,
-    };
-    let mut batch = Vec::with_capacity(batch_size);
-    let mut cancelled = false;
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            reason = &mut failure => anyhow::bail!("the RabbitMQ connection failed: {reason}"),
-            next = deliveries.next() => next,
+/// The channels and the consumer [`Consumer`] sets up on one connection.
+pub struct Subscription {
+    channel: Channel,
+    /// Dead-lettering needs its own confirm-mode channel: replies go out on `channel` without
+    /// confirms, and lapin keeps every unawaited confirm until someone waits for it.
+    dead_channel: Channel,
+    deliveries: lapin::Consumer,
+}
+
+/// Why handling a batch stopped short.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The link broke: reconnect, and RabbitMQ redelivers what was not acked.
+    #[error(transparent)]
+    Link(#[from] lapin::Error),
+    /// RabbitMQ did not take a dead-lettered copy: keep the original, and try again on a new link.
+    #[error("RabbitMQ did not take the dead-lettered copy: {0}")]
+    DeadLetterRefused(String),
+    /// The store thread is gone: nothing more can be applied.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<Failure> for End<StoreError> {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Store(err) => End::Fatal(err),
+            other => End::Lost(other.to_string()),
+        }
+    }
+}
+
+impl kv_runtime::Session for Consumer<'_> {
+    type Link = Subscription;
+    type Fatal = StoreError;
+
+    /// Opens the consumer's channels, declares the queues and starts consuming.
+    async fn open(&mut self, connection: &Connection) -> lapin::Result<Subscription> {
+        self.status.set_connected(true);
+        let queue = self.config.amqp.queue.as_str();
+        let channel = connection.create_channel().await?;
+        declare_topology(&channel, queue).await?;
+        channel
+            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .await?;
+        let dead_channel = connection.create_channel().await?;
+        dead_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let deliveries = channel
+            .basic_consume(
+                queue.into(),
+                CONSUMER_TAG.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Subscription {
+            channel,
+            dead_channel,
+            deliveries,
+        })
+    }
+
+    /// Takes batches off the queue until shutdown (once the batch in hand is done), until the
+    /// channel fails, or until the store does.
+    async fn run(
+        &mut self,
+        subscription: &mut Subscription,
+        shutdown: &CancellationToken,
+    ) -> End<StoreError> {
+        let config = self.config;
+        let batch_size = usize::from(config.batch_size);
+        let queue = config.amqp.queue.as_str();
+        // Before the log line, which tests take for "ready".
+        self.status.set_consuming(true);
+        tracing::info!(queue, prefetch = config.prefetch, batch_size, "consuming");
+        let worker = Worker {
+            channel: &subscription.channel,
+            dead_channel: &subscription.dead_channel,
+            store: self.store,
+            queue,
+            max_redeliveries: config.max_redeliveries,
+            status: self.status,
+            shutdown,
         };
-        let Some(first) = first else {
-            anyhow::bail!("RabbitMQ cancelled the consumer");
-        };
-        batch.push(first?);
-        // Only what is already here: polling once never waits, so a lone request goes at once.
-        while batch.len() < batch_size {
-            match deliveries.next().now_or_never() {
-                Some(Some(delivery)) => batch.push(delivery?),
-                Some(None) => {
-                    cancelled = true;
-                    break;
+        let deliveries = &mut subscription.deliveries;
+        let mut batch = Vec::with_capacity(batch_size);
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return End::Shutdown,
+                next = deliveries.next() => next,
+            };
+            match first {
+                Some(Ok(delivery)) => batch.push(delivery),
+                Some(Err(err)) => return End::Lost(err.to_string()),
+                None => return End::Lost("RabbitMQ cancelled the consumer".into()),
+            }
+            // Only what is already here: polling once never waits, so a lone request goes at once.
+            let mut cancelled = false;
+            while batch.len() < batch_size {
+                match deliveries.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Err(err))) => return End::Lost(err.to_string()),
+                    Some(None) => {
+                        cancelled = true;
+                        break;
+                    }
+                    None => break,
                 }
-                None => break,
+            }
+            // Abandoning a batch midway (the supervisor does when the connection fails) is safe:
+            // whatever it did not ack, RabbitMQ delivers again.
+            match worker.handle(&mut batch).await {
+                Ok(Handled::Acked) => {}
+                Ok(Handled::Interrupted) => return End::Shutdown,
+                Err(failure) => return failure.into(),
+            }
+            if cancelled {
+                return End::Lost("RabbitMQ cancelled the consumer".into());
             }
         }
-        // Abandoning a batch midway is safe: whatever it did not ack, RabbitMQ delivers again.
-        let handled = tokio::select! {
-            biased;
-            reason = &mut failure => anyhow::bail!("the RabbitMQ connection failed: {reason}"),
-            handled = worker.handle(&mut batch) => handled?,
-        };
-        if handled == Handled::Interrupted {
-            break;
-        }
-        if cancelled {
-            anyhow::bail!("RabbitMQ cancelled the consumer");
-        }
     }
-    // Closed here rather than on drop, so that closing the connection does not race them.
-    let goodbye = async {
-        channel
+
+    async fn close(&mut self, subscription: Subscription) -> lapin::Result<()> {
+        let reason = "back-server shutting down";
+        subscription
+            .channel
             .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
             .await?;
-        dead_channel
-            .close(200, "back-server shutting down".into())
-            .await?;
-        channel.close(200, "back-server shutting down".into()).await
-    };
-    match tokio::time::timeout(kv_runtime::CLOSE_TIMEOUT, goodbye).await {
-        Ok(result) => result?,
-        Err(_) => tracing::warn!("RabbitMQ did not acknowledge closing the channels in time"),
+        subscription.dead_channel.close(200, reason.into()).await?;
+        subscription.channel.close(200, reason.into()).await
     }
-    Ok(())
-}
 
-/// Opens the consumer's channels, declares the queues and starts consuming.
-async fn subscribe(
-    connection: &Connection,
-    config: &Config,
-) -> lapin::Result<(Channel, Channel, Consumer)> {
-    let queue = config.amqp.queue.as_str();
-    let channel = connection.create_channel().await?;
-    declare_topology(&channel, queue).await?;
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await?;
-    // Dead-lettering needs its own confirm-mode channel: replies go out on `channel` without
-    // confirms, and lapin keeps every unawaited confirm until someone waits for it.
-    let dead_channel = connection.create_channel().await?;
-    dead_channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let deliveries = channel
-        .basic_consume(
-            queue.into(),
-            CONSUMER_TAG.into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((channel, dead_channel, deliveries))
-}
-
-/// Reports the end of consuming, however `consume` ends (error, shutdown or cancellation).
-struct NotConsuming<'a>(&'a Status);
-
-impl Drop for NotConsuming<'_> {
-    fn drop(&mut self) {
-        self.0.set_consuming(false);
+    fn detach(&mut self) {
+        self.status.set_consuming(false);
+        self.status.set_connected(false);
     }
 }
 
@@ -198,7 +220,7 @@ struct Worker<'a> {
 impl Worker<'_> {
     /// Handles a batch of deliveries, in order, and empties it. First deliveries are applied
     /// together; a redelivered one alone (see [`Self::handle_redelivered`]).
-    async fn handle(&self, batch: &mut Vec<Delivery>) -> anyhow::Result<Handled> {
+    async fn handle(&self, batch: &mut Vec<Delivery>) -> Result<Handled, Failure> {
         let mut group = Vec::with_capacity(batch.len());
         for delivery in batch.drain(..) {
             if !delivery.redelivered {
@@ -218,7 +240,7 @@ impl Worker<'_> {
     /// If it is what crashes the back-server, it would come back forever and block the queue:
     /// so each try is counted in SQLite before it starts (a crash cannot lose the count), and past
     /// the limit the message is dead-lettered. Alone, so that its neighbours are not counted for it.
-    async fn handle_redelivered(&self, delivery: Delivery) -> anyhow::Result<Handled> {
+    async fn handle_redelivered(&self, delivery: Delivery) -> Result<Handled, Failure> {
         let message: Arc<[u8]> = match delivery.properties.message_id() {
             Some(id) => id.as_str().as_bytes().into(),
             None => delivery.data.as_slice().into(),
@@ -252,7 +274,7 @@ impl Worker<'_> {
 
     /// Applies deliveries in one transaction, replies to the reads among them, then acks them
     /// all with one `multiple` ack; empties `group`.
-    async fn handle_group(&self, group: &mut Vec<Delivery>) -> anyhow::Result<Handled> {
+    async fn handle_group(&self, group: &mut Vec<Delivery>) -> Result<Handled, Failure> {
         let mut requests = Vec::with_capacity(group.len());
         let mut applied = Vec::with_capacity(group.len());
         for delivery in group.drain(..) {
@@ -341,7 +363,7 @@ impl Worker<'_> {
         }
     }
 
-    async fn reply(&self, request: &BasicProperties, reply: Reply) -> anyhow::Result<()> {
+    async fn reply(&self, request: &BasicProperties, reply: Reply) -> Result<(), Failure> {
         let Some(reply_to) = request.reply_to() else {
             tracing::warn!("a read without reply_to; nobody to answer");
             return Ok(());
@@ -373,7 +395,7 @@ impl Worker<'_> {
         delivery: &Delivery,
         kind: &'static str,
         reason: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Failure> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(
             DEAD_REASON_HEADER.into(),
@@ -403,7 +425,7 @@ impl Worker<'_> {
                 metrics::counter!(DEAD_LETTERED, "reason" => kind).increment(1);
                 Ok(())
             }
-            other => anyhow::bail!("RabbitMQ did not take the dead-lettered copy: {other:?}"),
+            other => Err(Failure::DeadLetterRefused(format!("{other:?}"))),
         }
     }
 }

@@ -2,27 +2,22 @@
 //! reconnect whenever the broker link drops, until shutdown. `main` and the tests both run
 //! exactly this.
 
-use crate::admin::{self, RECONNECTS, Status};
+use crate::admin::{self, Status};
 use crate::config::Config;
-use crate::consumer::consume;
-use crate::store::{Store, StoreError};
+use crate::consumer::Consumer;
+use crate::store::Store;
 use anyhow::Context;
+use kv_runtime::Supervisor;
 use lapin::uri::AMQPUri;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// How long to wait before reconnecting after a connection that did work has dropped.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 
 pub struct Application {
     config: Config,
     uri: AMQPUri,
-    /// Shown in RabbitMQ's connection list, so operators (and tests) can tell whose it is.
-    connection_name: String,
     store: Store,
     admin: TcpListener,
     status: Arc<Status>,
@@ -42,11 +37,9 @@ impl Application {
             .await
             .with_context(|| format!("open the database {}", config.db_path.display()))?;
         tracing::info!(db = %config.db_path.display(), "database ready");
-        let connection_name = format!("back-server ({})", config.amqp.queue);
         let application = Self {
             config,
             uri,
-            connection_name,
             store,
             admin,
             status: Arc::default(),
@@ -77,15 +70,14 @@ impl Application {
                 tracing::error!(%err, "the admin listener failed");
             }
         });
+        let supervisor = Supervisor::new(self.uri, "back", &self.config.amqp.queue, token.clone());
+        let consumer = Consumer {
+            store: &self.store,
+            config: &self.config,
+            status: &self.status,
+        };
         let result = {
-            let serve = serve(
-                &self.uri,
-                &self.connection_name,
-                &self.store,
-                &self.config,
-                &self.status,
-                &token,
-            );
+            let serve = supervisor.run(consumer);
             tokio::pin!(serve);
             tokio::select! {
                 result = &mut serve => result,
@@ -98,51 +90,10 @@ impl Application {
         self.store.close().await;
         admin_stop.cancel();
         let _ = admin.await;
-        result?;
+        result.context("the SQLite store failed")?;
         tracing::info!("back-server stopped");
         Ok(())
     }
-}
-
-async fn serve(
-    uri: &AMQPUri,
-    connection_name: &str,
-    store: &Store,
-    config: &Config,
-    status: &Status,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let mut connections = 0u64;
-    while let Some(connection) =
-        kv_runtime::connect_with_backoff(uri, connection_name, shutdown).await
-    {
-        connections += 1;
-        if connections > 1 {
-            metrics::counter!(RECONNECTS, "server" => "back").increment(1);
-        }
-        status.set_connected(true);
-        let result = consume(&connection, store, config, status, shutdown).await;
-        status.set_connected(false);
-        match result {
-            Ok(()) => {
-                kv_runtime::close_connection(&connection, "back-server shutting down").await;
-                return Ok(());
-            }
-            Err(err) if err.is::<StoreError>() => {
-                kv_runtime::close_connection(&connection, "back-server failed").await;
-                return Err(err.context("the SQLite store failed"));
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "lost the RabbitMQ link; reconnecting");
-                kv_runtime::close_connection(&connection, "back-server reconnecting").await;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A write past the process's file size limit (`ulimit -f`) raises SIGXFSZ, whose default action

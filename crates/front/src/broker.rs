@@ -15,6 +15,7 @@
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use kv_protocol::{DIRECT_REPLY_TO, Key, REQUEST_ID_HEADER, Reply, Request, declare_topology};
+use kv_runtime::{End, Supervisor};
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
@@ -27,13 +28,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Pause before reconnecting after a working link dropped (the connect loop backs off further).
-const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 const PERSISTENT: u8 = 2;
 
 const CONFIRMS: &str = "kv_amqp_publish_confirms_total";
 const READS_TIMED_OUT: &str = "kv_reads_timed_out_total";
-const RECONNECTS: &str = "kv_amqp_reconnects_total";
 
 /// Names and explains the broker's series (the `# HELP` lines of `/metrics`).
 pub fn describe_metrics() {
@@ -46,16 +44,11 @@ pub fn describe_metrics() {
         READS_TIMED_OUT,
         "Reads that got no reply within RPC_TIMEOUT_MS (answered 504)"
     );
-    metrics::describe_counter!(
-        RECONNECTS,
-        "Connections to RabbitMQ opened after the first, by server"
-    );
     // Present from the start at 0, so that `rate()` and `increase()` see the first event too.
     for outcome in ["ack", "nack", "returned", "timeout", "error"] {
         metrics::counter!(CONFIRMS, "outcome" => outcome).increment(0);
     }
     metrics::counter!(READS_TIMED_OUT).increment(0);
-    metrics::counter!(RECONNECTS, "server" => "front").increment(0);
 }
 
 /// Counts one write's confirm by its outcome.
@@ -182,16 +175,17 @@ impl Broker {
         // aborts the server): nobody could use its link any more.
         let shutdown = shutdown.child_token();
         let stop_supervisor = shutdown.clone().drop_guard();
-        let supervisor = Supervisor {
-            uri,
-            connection_name: format!("front-server ({queue})"),
+        let session = Session {
             queue: queue.to_owned(),
             link: link_sender,
             replies: replies.clone(),
             broken: broken.subscribe(),
-            shutdown,
+            generation: 0,
         };
-        let task = tokio::spawn(supervisor.run());
+        let supervisor = Supervisor::new(uri, "front", queue, shutdown);
+        let task = tokio::spawn(async move {
+            let Ok(()) = supervisor.run(session).await;
+        });
         let broker = Self {
             link,
             replies,
@@ -410,97 +404,85 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Owns the connection: connects, opens the channels, routes replies, and starts over when
-/// anything in the link breaks.
-struct Supervisor {
-    uri: AMQPUri,
-    /// Shown in RabbitMQ's connection list, so operators (and tests) can tell whose it is.
-    connection_name: String,
+/// The front-server's side of the connection lifecycle ([`kv_runtime::Session`]): opens the two
+/// channels, offers them to requests, routes replies, and notices when a request found the link
+/// broken.
+struct Session {
     queue: String,
     link: watch::Sender<Option<Arc<Link>>>,
     replies: Arc<PendingReplies>,
     broken: watch::Receiver<u64>,
-    shutdown: CancellationToken,
+    /// Counts links since start, so a failure report about an old link is not taken for the new.
+    generation: u64,
 }
 
-impl Supervisor {
-    async fn run(self) {
-        let mut generation = 0;
-        while let Some(connection) =
-            kv_runtime::connect_with_backoff(&self.uri, &self.connection_name, &self.shutdown).await
-        {
-            generation += 1;
-            if generation > 1 {
-                metrics::counter!(RECONNECTS, "server" => "front").increment(1);
-            }
-            let failure = kv_runtime::connection_failure(&connection);
-            let setup = open_link(&connection, &self.queue, generation);
-            match tokio::time::timeout(kv_runtime::SETUP_TIMEOUT, setup).await {
-                Ok(Ok((link, replies))) => {
-                    self.link.send_replace(Some(Arc::new(link)));
-                    tracing::info!(queue = %self.queue, "ready: publishing to RabbitMQ");
-                    let lost = self.route_replies(replies, generation, failure).await;
-                    let link = self.link.send_replace(None);
-                    self.replies.abandon_all();
-                    match lost {
-                        None => {
-                            // Channels first, so that closing the connection does not race them.
-                            if let Some(link) = link {
-                                let reason = "front-server shutting down";
-                                let channels = async {
-                                    let _ = link.writes.close(200, reason.into()).await;
-                                    let _ = link.reads.close(200, reason.into()).await;
-                                };
-                                let _ =
-                                    tokio::time::timeout(kv_runtime::CLOSE_TIMEOUT, channels).await;
-                            }
-                            kv_runtime::close_connection(&connection, "front-server shutting down")
-                                .await;
-                            tracing::info!("closed the RabbitMQ connection");
-                            return;
-                        }
-                        Some(reason) => {
-                            tracing::warn!(%reason, "lost the RabbitMQ link; reconnecting")
-                        }
-                    }
-                }
-                Ok(Err(err)) => {
-                    tracing::warn!(%err, "cannot set up the RabbitMQ link; reconnecting")
-                }
-                Err(_) => tracing::warn!(
-                    timeout = ?kv_runtime::SETUP_TIMEOUT,
-                    "RabbitMQ did not finish setting up the link; reconnecting"
-                ),
-            }
-            kv_runtime::close_connection(&connection, "front-server reconnecting").await;
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
-            }
-        }
+/// What [`Session::open`] sets up on a connection: the link requests use, and the reply consumer.
+struct Opened {
+    link: Arc<Link>,
+    replies: Consumer,
+}
+
+impl kv_runtime::Session for Session {
+    type Link = Opened;
+    type Fatal = std::convert::Infallible;
+
+    async fn open(&mut self, connection: &Connection) -> lapin::Result<Opened> {
+        self.generation += 1;
+        let writes = connection.create_channel().await?;
+        declare_topology(&writes, &self.queue).await?;
+        writes
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let (publisher, requests) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(publish_writes(
+            writes.clone(),
+            self.queue.as_str().into(),
+            requests,
+        ));
+        let reads = connection.create_channel().await?;
+        // Direct reply-to must be consumed in no-ack mode, before the first read is published.
+        let no_ack = BasicConsumeOptions {
+            no_ack: true,
+            ..BasicConsumeOptions::default()
+        };
+        let replies = reads
+            .basic_consume(
+                DIRECT_REPLY_TO.into(),
+                "replies".into(),
+                no_ack,
+                FieldTable::default(),
+            )
+            .await?;
+        let link = Link {
+            generation: self.generation,
+            publisher,
+            writes,
+            reads,
+        };
+        Ok(Opened {
+            link: Arc::new(link),
+            replies,
+        })
     }
 
-    /// Delivers replies to waiting reads until the link breaks (returns why) or shutdown (`None`).
-    async fn route_replies(
-        &self,
-        mut replies: Consumer,
-        generation: u64,
-        failure: impl Future<Output = String>,
-    ) -> Option<String> {
+    /// Offers the link to requests, then delivers replies to waiting reads until shutdown or
+    /// until the link breaks.
+    async fn run(&mut self, opened: &mut Opened, shutdown: &CancellationToken) -> End<Self::Fatal> {
+        self.link.send_replace(Some(opened.link.clone()));
+        tracing::info!(queue = %self.queue, "ready: publishing to RabbitMQ");
+        let generation = self.generation;
         let mut broken = self.broken.clone();
-        let mut failure = std::pin::pin!(failure);
         loop {
             let delivery = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return None,
-                reason = &mut failure => return Some(reason),
+                _ = shutdown.cancelled() => return End::Shutdown,
                 _ = broken.wait_for(|broken| *broken == generation) => {
-                    return Some("a request found the link broken".into());
+                    return End::Lost("a request found the link broken".into());
                 }
-                next = replies.next() => match next {
+                next = opened.replies.next() => match next {
                     Some(Ok(delivery)) => delivery,
-                    Some(Err(err)) => return Some(err.to_string()),
-                    None => return Some("the reply consumer was cancelled".into()),
+                    Some(Err(err)) => return End::Lost(err.to_string()),
+                    None => return End::Lost("the reply consumer was cancelled".into()),
                 },
             };
             let correlation_id = delivery.properties.correlation_id().as_ref();
@@ -511,41 +493,17 @@ impl Supervisor {
             }
         }
     }
-}
 
-async fn open_link(
-    connection: &Connection,
-    queue: &str,
-    generation: u64,
-) -> lapin::Result<(Link, Consumer)> {
-    let writes = connection.create_channel().await?;
-    declare_topology(&writes, queue).await?;
-    writes
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let (publisher, requests) = mpsc::channel(WRITE_QUEUE);
-    tokio::spawn(publish_writes(writes.clone(), queue.into(), requests));
-    let reads = connection.create_channel().await?;
-    // Direct reply-to must be consumed in no-ack mode, before the first read is published.
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..BasicConsumeOptions::default()
-    };
-    let replies = reads
-        .basic_consume(
-            DIRECT_REPLY_TO.into(),
-            "replies".into(),
-            no_ack,
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((
-        Link {
-            generation,
-            publisher,
-            writes,
-            reads,
-        },
-        replies,
-    ))
+    async fn close(&mut self, opened: Opened) -> lapin::Result<()> {
+        let reason = "front-server shutting down";
+        opened.link.writes.close(200, reason.into()).await?;
+        opened.link.reads.close(200, reason.into()).await
+    }
+
+    /// Requests that arrive from now on get `503` at once; reads still waiting end the same way,
+    /// since their replies can no longer arrive.
+    fn detach(&mut self) {
+        self.link.send_replace(None);
+        self.replies.abandon_all();
+    }
 }

@@ -3,16 +3,13 @@
 //! their health probes, and the shutdown signal. A server's own crate holds only what makes it
 //! that server.
 
-mod connect;
+mod lifecycle;
 pub mod probe;
 mod settings;
 mod signal;
 mod telemetry;
 
-pub use connect::{
-    CLOSE_TIMEOUT, SETUP_TIMEOUT, close_connection, connect_with_backoff, connection_failure,
-    redact,
-};
+pub use lifecycle::{End, Session, Supervisor, redact};
 pub use settings::{AmqpSettings, DEFAULT_AMQP_URL, parse_with_config_file};
 pub use signal::shutdown_signal;
 pub use telemetry::{

@@ -1,0 +1,315 @@
+//! The one connection lifecycle both servers run: connect to RabbitMQ with capped backoff, set up
+//! a session on the connection within a bound, run it until shutdown, loss or a fatal error,
+//! close within a bound, and start over. Every reconnect either server makes happens in
+//! [`Supervisor::run`], and is logged and counted there, once.
+//!
+//! What differs between the servers is their [`Session`]: the channels they open and the work
+//! they do on them. The front-server publishes requests and routes replies; the back-server
+//! consumes, applies and acks.
+
+use crate::AmqpSettings;
+use futures_util::StreamExt;
+use lapin::uri::AMQPUri;
+use lapin::{Connection, ConnectionProperties, Event};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Pause before reconnecting after a connection that did work dropped; the connect loop backs off
+/// further if the broker stays away.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+/// A TCP connect to an unreachable host can hang for minutes; a try must end sooner.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Heartbeat interval unless the URL sets one (`?heartbeat=N`). lapin drops a connection that
+/// stays silent for two intervals; RabbitMQ's default of 60 s would leave a link cut by the network
+/// (no FIN, no RST) looking alive for two minutes.
+const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// How long setting up a link (channels, declarations, consumer) may take on a new connection.
+/// RabbitMQ answers in milliseconds; a setup that gets no answer is retried like a failed
+/// connect, since without this bound a server could wait forever, unable to serve.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a polite goodbye to RabbitMQ may take: the broker may already be gone.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl AmqpSettings {
+    /// Checks the URL once at start-up, so a typo fails fast instead of being retried forever.
+    pub fn uri(&self) -> anyhow::Result<AMQPUri> {
+        let mut uri: AMQPUri = self
+            .amqp_url
+            .parse()
+            .map_err(|err| anyhow::anyhow!("invalid AMQP_URL {}: {err}", redact(&self.amqp_url)))?;
+        uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+        Ok(uri)
+    }
+}
+
+/// The URL without its password, for logs and error messages.
+pub fn redact(url: &str) -> String {
+    match url.parse::<AMQPUri>() {
+        Ok(uri) => redact_uri(&uri),
+        Err(_) => "<unparseable AMQP URL>".to_owned(),
+    }
+}
+
+/// The counter of reconnects, labelled by server.
+const RECONNECTS: &str = "kv_amqp_reconnects_total";
+
+/// How a session's run ended.
+#[derive(Debug)]
+pub enum End<F> {
+    /// The server is shutting down: the supervisor closes the session and the connection, and
+    /// stops.
+    Shutdown,
+    /// The link broke (a channel closed, a consumer was cancelled, a publish failed): the
+    /// supervisor reconnects. Says why, for the log.
+    Lost(String),
+    /// Something reconnecting cannot cure: the supervisor closes the connection and returns it.
+    Fatal(F),
+}
+
+/// What a server does with a connection: the only part of the lifecycle that differs between
+/// the servers.
+///
+/// The supervisor calls [`open`](Self::open) on each new connection, then [`run`](Self::run),
+/// then [`close`](Self::close) if the run ended in [`End::Shutdown`], and
+/// [`detach`](Self::detach) whenever it is done with a connection, however that went.
+pub trait Session: Send {
+    /// What `open` sets up on a connection: its channels, consumers and tasks.
+    type Link: Send;
+    /// The error that ends the server, carried by [`End::Fatal`].
+    type Fatal: Send;
+
+    /// Opens channels, declares the topology, starts consumers. The supervisor gives it
+    /// [`SETUP_TIMEOUT`]; an error or a timeout is retried on a new connection.
+    fn open(
+        &mut self,
+        connection: &Connection,
+    ) -> impl Future<Output = lapin::Result<Self::Link>> + Send;
+
+    /// Does the server's work on `link` until `shutdown` is cancelled, the link breaks or a fatal
+    /// error. When the connection itself fails, the supervisor drops this future: whatever it
+    /// leaves unfinished must be safe to abandon (unacked messages are redelivered, unconfirmed
+    /// writes fail).
+    fn run(
+        &mut self,
+        link: &mut Self::Link,
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = End<Self::Fatal>> + Send;
+
+    /// Says goodbye on the link's channels before the connection closes, so that closing the
+    /// connection does not race them. Called at shutdown only, within [`CLOSE_TIMEOUT`].
+    fn close(&mut self, link: Self::Link) -> impl Future<Output = lapin::Result<()>> + Send;
+
+    /// The connection is done with: stop offering it (requests get `503`, probes say not ready).
+    fn detach(&mut self);
+}
+
+/// Keeps a server connected to RabbitMQ for as long as it runs; see the module docs.
+pub struct Supervisor {
+    uri: AMQPUri,
+    /// The reconnect counter's label: `front` or `back`.
+    server: &'static str,
+    /// Shown in RabbitMQ's connection list, so operators (and tests) can tell whose it is.
+    connection_name: String,
+    shutdown: CancellationToken,
+}
+
+impl Supervisor {
+    /// A supervisor for `server` (`front` or `back`) on `queue`, which stops when `shutdown` is
+    /// cancelled. Names and zeroes its counter, so call it after the metrics recorder is installed.
+    pub fn new(
+        uri: AMQPUri,
+        server: &'static str,
+        queue: &str,
+        shutdown: CancellationToken,
+    ) -> Self {
+        metrics::describe_counter!(
+            RECONNECTS,
+            "Connections to RabbitMQ opened after the first, by server"
+        );
+        // Present from the start at 0, so that `rate()` and `increase()` see the first event too.
+        metrics::counter!(RECONNECTS, "server" => server).increment(0);
+        Self {
+            uri,
+            server,
+            connection_name: format!("{server}-server ({queue})"),
+            shutdown,
+        }
+    }
+
+    /// Runs `session` on one connection after another until shutdown (`Ok`) or a fatal error.
+    pub async fn run<S: Session>(self, mut session: S) -> Result<(), S::Fatal> {
+        let mut connections = 0u64;
+        while let Some(connection) =
+            connect_with_backoff(&self.uri, &self.connection_name, &self.shutdown).await
+        {
+            connections += 1;
+            if connections > 1 {
+                metrics::counter!(RECONNECTS, "server" => self.server).increment(1);
+            }
+            // Listening starts before the setup, so no failure during it goes unheard.
+            let failure = connection_failure(&connection);
+            let end = match tokio::time::timeout(SETUP_TIMEOUT, session.open(&connection)).await {
+                Ok(Ok(mut link)) => {
+                    let end = tokio::select! {
+                        biased;
+                        reason = failure => End::Lost(format!("the connection failed: {reason}")),
+                        end = session.run(&mut link, &self.shutdown) => end,
+                    };
+                    session.detach();
+                    if let End::Shutdown = end {
+                        match tokio::time::timeout(CLOSE_TIMEOUT, session.close(link)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(err)) => tracing::debug!(%err, "closing the channels failed"),
+                            Err(_) => tracing::warn!(
+                                "RabbitMQ did not acknowledge closing the channels in time"
+                            ),
+                        }
+                    }
+                    end
+                }
+                Ok(Err(err)) => {
+                    session.detach();
+                    End::Lost(format!("cannot set up the link: {err}"))
+                }
+                Err(_) => {
+                    session.detach();
+                    End::Lost(format!(
+                        "RabbitMQ did not finish setting up the link within {SETUP_TIMEOUT:?}"
+                    ))
+                }
+            };
+            match end {
+                End::Shutdown => {
+                    close_connection(&connection, &self.goodbye("shutting down")).await;
+                    tracing::info!("closed the RabbitMQ connection");
+                    return Ok(());
+                }
+                End::Fatal(err) => {
+                    close_connection(&connection, &self.goodbye("failed")).await;
+                    return Err(err);
+                }
+                End::Lost(reason) => {
+                    tracing::warn!(%reason, "lost the RabbitMQ link; reconnecting");
+                    close_connection(&connection, &self.goodbye("reconnecting")).await;
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The reason given to RabbitMQ when closing, shown in its log: `front-server shutting down`.
+    fn goodbye(&self, why: &str) -> String {
+        format!("{}-server {why}", self.server)
+    }
+}
+
+/// Connects to RabbitMQ, retrying with capped exponential backoff and logging each failed try.
+/// Returns `None` only if `shutdown` fires first.
+async fn connect_with_backoff(
+    uri: &AMQPUri,
+    connection_name: &str,
+    shutdown: &CancellationToken,
+) -> Option<Connection> {
+    let shown = redact_uri(uri);
+    let mut delay = FIRST_RETRY;
+    loop {
+        let properties =
+            ConnectionProperties::default().with_connection_name(connection_name.into());
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect_uri(uri.clone(), properties),
+        );
+        let error = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            result = attempt => match result {
+                Ok(Ok(connection)) => {
+                    tracing::info!(broker = %shown, "connected to RabbitMQ");
+                    return Some(connection);
+                }
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
+            },
+        };
+        tracing::warn!(broker = %shown, %error, retry_in = ?delay, "cannot connect to RabbitMQ");
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX_RETRY);
+    }
+}
+
+/// Completes when `connection` fails (I/O error, missed heartbeats, closed by RabbitMQ) and
+/// returns why. Call it right after connecting: it hears only what happens after the call.
+///
+/// A server must not learn of a dead connection only from the next operation on it: a consumer
+/// waiting for deliveries, or a confirm or ack already sent, may never hear back.
+fn connection_failure(connection: &Connection) -> impl Future<Output = String> + Send + 'static {
+    let mut events = connection.events_listener();
+    async move {
+        while let Some(event) = events.next().await {
+            match event {
+                Event::Error(err) => return err.to_string(),
+                Event::ConnectionBlocked(reason) => {
+                    tracing::warn!(%reason, "RabbitMQ blocks publishing (a resource alarm); writes wait")
+                }
+                Event::ConnectionUnblocked => tracing::info!("RabbitMQ unblocked publishing"),
+                _ => {}
+            }
+        }
+        "the connection ended".to_owned()
+    }
+}
+
+/// Closes `connection` politely (its channels' unacked messages go back to their queues at
+/// once), giving up after a moment if RabbitMQ does not answer.
+async fn close_connection(connection: &Connection, reason: &str) {
+    let closed = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
+    match closed {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::debug!(%err, "the RabbitMQ connection was already closed"),
+        Err(_) => tracing::warn!("RabbitMQ did not acknowledge closing the connection in time"),
+    }
+}
+
+fn redact_uri(uri: &AMQPUri) -> String {
+    format!(
+        "amqp://{}@{}:{}/{}",
+        uri.authority.userinfo.username,
+        uri.authority.host,
+        uri.authority.port,
+        uri.vhost.replace('/', "%2f"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_is_set_unless_the_url_sets_one() {
+        let settings = |url: &str| AmqpSettings {
+            amqp_url: url.into(),
+            queue: "q".into(),
+        };
+        let default = settings("amqp://h/%2f").uri().unwrap();
+        let chosen = settings("amqp://h/%2f?heartbeat=30").uri().unwrap();
+        assert_eq!(default.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
+        assert_eq!(chosen.query.heartbeat, Some(30));
+    }
+
+    #[test]
+    fn redacted_urls_keep_everything_but_the_password() {
+        let shown = redact("amqp://alice:s3cret@rabbit.example:5673/%2fprod");
+        assert_eq!(shown, "amqp://alice@rabbit.example:5673/%2fprod");
+        assert!(!redact("amqp://u:hunter2@h/v").contains("hunter2"));
+        assert!(!redact("not a url with hunter2").contains("hunter2"));
+    }
+}
