@@ -37,7 +37,8 @@ pub enum ApiError {
     /// 405: a known path with a method it does not accept.
     #[error("Method {0} not allowed on this path")]
     MethodNotAllowed(Method),
-    /// 503 or 504, as [`BrokerError::status`] says.
+    /// 504 when the back-server did not answer a read in time ([`BrokerError::NoReply`]); else
+    /// 503: RabbitMQ could not take the request, or did not say in time that it had.
     #[error(transparent)]
     Broker(#[from] BrokerError),
     /// 500: a bug or an unforeseen failure; details go to the log, not to the client.
@@ -62,7 +63,8 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::KeyNotFound(_) | Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Broker(err) => err.status(),
+            Self::Broker(BrokerError::NoReply(_)) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -29,9 +29,9 @@ const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 /// How long setting up a link (channels, declarations, consumer) may take on a new connection.
 /// RabbitMQ answers in milliseconds; a setup that gets no answer is retried like a failed
 /// connect, since without this bound a server could wait forever, unable to serve.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a polite goodbye to RabbitMQ may take: the broker may already be gone.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl AmqpSettings {
     /// Checks the URL once at start-up, so a typo fails fast instead of being retried forever.

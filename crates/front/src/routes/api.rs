@@ -66,8 +66,8 @@ fn success<T>(data: T) -> Json<Success<T>> {
             example = json!(super::docs::failure(super::docs::unexpected()))),
         (status = 503, description = "RabbitMQ is unreachable, or it refused or did not confirm the write in time: the write was not acknowledged, retry it", body = Failure,
             examples(
-                ("unreachable" = (value = json!(super::docs::failure(BrokerError::Unavailable("not connected".into()).into())))),
-                ("refused" = (value = json!(super::docs::failure(BrokerError::Refused("nacked".into()).into())))),
+                ("unreachable" = (value = json!(super::docs::failure(BrokerError::Unavailable("not connected").into())))),
+                ("refused" = (value = json!(super::docs::failure(BrokerError::Nacked.into())))),
                 ("unconfirmed" = (value = json!(super::docs::failure(BrokerError::Unconfirmed(5000).into())))),
             )),
     )
@@ -105,7 +105,7 @@ async fn write(
         (status = 500, description = super::docs::UNEXPECTED, body = Failure,
             example = json!(super::docs::failure(super::docs::unexpected()))),
         (status = 503, description = "RabbitMQ is unreachable, or the link dropped before the reply", body = Failure,
-            example = json!(super::docs::failure(BrokerError::Unavailable("not connected".into()).into()))),
+            example = json!(super::docs::failure(BrokerError::Unavailable("not connected").into()))),
         (status = 504, description = "No reply from the back-server within `RPC_TIMEOUT_MS` (the number in the message)", body = Failure,
             example = json!(super::docs::failure(BrokerError::NoReply(5000).into()))),
     )
