@@ -2,9 +2,6 @@
 //! value, and the request queue is empty at the end.
 
 use crate::load::Run;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use rusqlite::{OpenFlags, OptionalExtension};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -68,36 +65,4 @@ pub async fn audit_when_applied(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-async fn connect(amqp_url: &str) -> anyhow::Result<Connection> {
-    Ok(Connection::connect(amqp_url, ConnectionProperties::default()).await?)
-}
-
-/// Messages ready in `queue` (not counting those delivered and not yet acked).
-pub async fn ready_messages(amqp_url: &str, queue: &str) -> anyhow::Result<u32> {
-    let connection = connect(amqp_url).await?;
-    let channel = connection.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await?;
-    let _ = connection.close(200, "kv-bench".into()).await;
-    Ok(declared.message_count())
-}
-
-/// Deletes the benchmark's queues, whatever they hold.
-pub async fn delete_queues(amqp_url: &str, queues: &[String]) -> anyhow::Result<()> {
-    let connection = connect(amqp_url).await?;
-    let channel = connection.create_channel().await?;
-    for queue in queues {
-        channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
-    let _ = connection.close(200, "kv-bench".into()).await;
-    Ok(())
 }

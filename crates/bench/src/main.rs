@@ -8,7 +8,9 @@ use clap::Parser;
 use kv_bench::check::{self, Audit};
 use kv_bench::load::{Run, Script, Wrk};
 use kv_bench::probe::{self, Limits};
-use kv_bench::system::{self, Memory, Server, Settings};
+use kv_bench::system::{self, Settings};
+use kv_e2e::queues::{delete_queues, ready_messages};
+use kv_e2e::server::{Memory, ServerProcess, memory_of};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -269,9 +271,11 @@ async fn benchmark(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<R
 
 /// One running system: its servers, queue, database and load generator.
 struct Instance {
-    front: Server,
-    back: Server,
+    front: ServerProcess,
+    back: ServerProcess,
     wrk: Wrk,
+    /// Where the servers' logs are saved when the instance ends, however it ends.
+    logs: PathBuf,
     db_path: PathBuf,
     queue: String,
     amqp_url: String,
@@ -318,9 +322,9 @@ impl Instance {
         rows: u64,
     ) -> anyhow::Result<Self> {
         let settings = Self::settings(bin_dir, work, name, amqp_url, id)?;
-        let back = system::start_back(&settings)?;
+        let mut back = system::start_back(&settings);
         system::wait_for_schema(&settings.db_path).await?;
-        back.stop()?;
+        back.stop(SERVER_PATIENCE).await?;
         let mut db = rusqlite::Connection::open(&settings.db_path)?;
         let transaction = db.transaction()?;
         {
@@ -335,7 +339,7 @@ impl Instance {
     }
 
     async fn serve(settings: Settings) -> anyhow::Result<Self> {
-        let back = system::start_back(&settings)?;
+        let back = system::start_back(&settings);
         let (front, url) = system::start_front(&settings)?;
         system::wait_until_serving(&url).await?;
         let wrk = Wrk::new(&settings.logs, &url)?;
@@ -343,6 +347,7 @@ impl Instance {
             front,
             back,
             wrk,
+            logs: settings.logs,
             db_path: settings.db_path,
             queue: settings.queue,
             amqp_url: settings.amqp_url,
@@ -374,15 +379,32 @@ impl Instance {
 
     /// Stops both servers with SIGTERM (each must exit 0), then counts what is left in the
     /// request queue (redelivered messages included) and deletes the queues.
-    async fn stop(self) -> anyhow::Result<u32> {
-        self.front.stop()?;
-        self.back.stop()?;
-        let left = check::ready_messages(&self.amqp_url, &self.queue).await?;
-        let dead = format!("{}.dead", self.queue);
-        check::delete_queues(&self.amqp_url, &[self.queue, dead]).await?;
+    async fn stop(mut self) -> anyhow::Result<u32> {
+        self.front.stop(SERVER_PATIENCE).await?;
+        self.back.stop(SERVER_PATIENCE).await?;
+        let left = ready_messages(&self.amqp_url, &self.queue).await?;
+        let queues = [
+            self.queue.clone(),
+            kv_protocol::dead_letter_queue(&self.queue),
+        ];
+        delete_queues(&self.amqp_url, &queues).await?;
         Ok(left)
     }
 }
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        for server in [&self.front, &self.back] {
+            let path = self.logs.join(format!("{}.log", server.name()));
+            if let Err(err) = std::fs::write(&path, server.log()) {
+                eprintln!("kv-bench: cannot save {}: {err}", path.display());
+            }
+        }
+    }
+}
+
+/// How long a server may take to stop before the benchmark gives up.
+const SERVER_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Samples both servers' resident memory once a second on a thread of its own.
 struct RssSampler {
@@ -398,7 +420,7 @@ impl RssSampler {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(Duration::from_secs(1))
             {
-                if let (Ok(front), Ok(back)) = (system::memory_of(front), system::memory_of(back)) {
+                if let (Ok(front), Ok(back)) = (memory_of(front), memory_of(back)) {
                     samples.push((front.rss, back.rss));
                 }
             }

@@ -1,8 +1,8 @@
 //! A reply that arrives after its read's deadline is dropped quietly: it is never handed to a
 //! later read, and the front-server goes on serving.
 
-use crate::helpers::{Options, json, spawn_app_with};
 use futures_util::StreamExt;
+use kv_e2e::app::{Options, json, spawn_app_with};
 use kv_protocol::{Reply, Request};
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 async fn a_reply_after_the_deadline_is_not_taken_for_a_later_read() {
     // A stand-in back-server on the real queue, slow on purpose for the first read.
     let options = Options {
-        rpc_timeout_ms: 300,
+        front_env: &[("RPC_TIMEOUT_MS", "300")],
         ..Options::front_only()
     };
     let app = spawn_app_with(options).await;

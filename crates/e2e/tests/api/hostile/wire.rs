@@ -2,7 +2,7 @@
 //! send: one exchange per connection (write, half-close, read until the server closes), the
 //! answers parsed from the bytes, and the clients that are slow or silent on purpose.
 
-use crate::helpers::PATIENCE;
+use kv_e2e::app::PATIENCE;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

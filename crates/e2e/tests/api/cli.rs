@@ -1,12 +1,13 @@
 //! The real binaries: `--help` documents every setting, and a server started without a broker
 //! keeps retrying without ever printing the AMQP password.
 
-use clap::CommandFactory;
+use kv_e2e::server::binaries;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn help_of(binary: &str) -> String {
+fn help_of(binary: &Path) -> String {
     let output = Command::new(binary)
         .arg("--help")
         .output()
@@ -15,9 +16,9 @@ fn help_of(binary: &str) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-#[test]
-fn help_lists_every_setting_with_its_variable_and_default() {
-    let front = help_of(env!("CARGO_BIN_EXE_front-server"));
+#[tokio::test]
+async fn help_lists_every_setting_with_its_variable_and_default() {
+    let front = help_of(&binaries().await.front);
     for expected in [
         "AMQP_URL",
         "KV_QUEUE",
@@ -41,10 +42,7 @@ fn help_lists_every_setting_with_its_variable_and_default() {
             "front-server --help lacks {expected}:\n{front}"
         );
     }
-    // The back-server's binary is another package's; its --help is this same clap command.
-    let back = back_server::Config::command()
-        .render_long_help()
-        .to_string();
+    let back = help_of(&binaries().await.back);
     for expected in [
         "AMQP_URL",
         "KV_QUEUE",
@@ -65,9 +63,10 @@ fn help_lists_every_setting_with_its_variable_and_default() {
     }
 }
 
-#[test]
-fn a_server_without_a_broker_retries_and_never_logs_the_password() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_front-server"))
+#[tokio::test]
+async fn a_server_without_a_broker_retries_and_never_logs_the_password() {
+    // Blocking reads below are fine: nothing else runs on this test's runtime.
+    let mut child = Command::new(&binaries().await.front)
         .env("AMQP_URL", "amqp://alice:hunter2@127.0.0.1:1/%2f")
         .env("FRONT_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "debug")

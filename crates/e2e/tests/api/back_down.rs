@@ -1,13 +1,13 @@
 //! CONTRACT guarantees 4 and 5 with the back-server away: reads end in 504 within their
 //! deadline, writes are still acknowledged and are applied when it returns.
 
-use crate::helpers::{Options, json, spawn_app_with};
+use kv_e2e::app::{Options, json, spawn_app_with};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn with_the_back_server_down_reads_time_out_and_writes_wait_in_the_queue() {
     let options = Options {
-        rpc_timeout_ms: 500,
+        front_env: &[("RPC_TIMEOUT_MS", "500")],
         ..Options::front_only()
     };
     let mut app = spawn_app_with(options).await;

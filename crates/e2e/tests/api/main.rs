@@ -3,20 +3,17 @@
 
 mod back_down;
 mod browser;
+mod cli;
 mod consistency;
 mod dead_letter;
 mod errors;
 mod faults;
 mod group_commit;
 mod health;
-mod helpers;
 mod hostile;
 mod late_reply;
 mod logs;
 mod metrics;
 mod openapi;
-mod process;
-mod processes;
 mod proxy;
 mod read_write;
-mod writers;

@@ -21,10 +21,10 @@ mod generate;
 mod judge;
 mod wire;
 
-use crate::helpers::{Options, PATIENCE, TestApp, spawn_app_with};
-use crate::processes::ServerProcess;
 use generate::{Req, Rng, generate, key_pool};
 use judge::{Ledger, judge_case};
+use kv_e2e::app::{Options, PATIENCE, TestApp, spawn_app_with};
+use kv_e2e::server::ServerProcess;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -142,7 +142,7 @@ async fn ten_thousand_hostile_requests_get_json_4xx_and_only_valid_writes_are_st
             workers.push(task.await.expect("a worker panicked"));
         }
         assert!(front.is_running(), "front-server died:\n{}", front.log());
-        rss.push(front.rss_kib());
+        rss.push(front.memory().expect("read the front-server's memory").rss / 1024);
     }
     let elapsed = started.elapsed();
 

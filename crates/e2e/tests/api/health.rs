@@ -1,6 +1,6 @@
 //! `/health` and `/ready`: what an orchestrator sees with and without RabbitMQ.
 
-use crate::helpers::{Options, json, spawn_app, spawn_app_with};
+use kv_e2e::app::{Options, json, spawn_app, spawn_app_with};
 use serde_json::json;
 
 #[tokio::test]

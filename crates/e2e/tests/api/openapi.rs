@@ -6,7 +6,7 @@
 //! refuses any keyword it does not know: the `jsonschema` crate would do more, but brings a large
 //! tree (regex engines, an HTTP client for remote references) for the dozen keywords we emit.
 
-use crate::helpers::{Options, spawn_app, spawn_app_with};
+use kv_e2e::app::{Options, spawn_app, spawn_app_with};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -154,12 +154,12 @@ async fn every_documented_answer_is_what_the_server_really_answers() {
     // Arrange: a working system; one without a back-server and a short read deadline (504);
     // one whose broker never answers (503); a short body deadline (408).
     let app = spawn_app_with(Options {
-        body_read_timeout_ms: 300,
+        front_env: &[("BODY_READ_TIMEOUT_MS", "300")],
         ..Options::default()
     })
     .await;
     let no_back = spawn_app_with(Options {
-        rpc_timeout_ms: 300,
+        front_env: &[("RPC_TIMEOUT_MS", "300")],
         ..Options::front_only()
     })
     .await;
@@ -257,7 +257,7 @@ async fn the_fallback_answers_are_the_documented_ones() {
 }
 
 /// A POST whose body never arrives in full: the `408`.
-async fn slow_body(app: &crate::helpers::TestApp) -> Exchange {
+async fn slow_body(app: &kv_e2e::app::TestApp) -> Exchange {
     let mut stream = tokio::net::TcpStream::connect(app.socket_address())
         .await
         .unwrap();

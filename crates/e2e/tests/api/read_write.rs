@@ -1,6 +1,6 @@
 //! The happy paths: what is written can be read back, exactly, under any valid key.
 
-use crate::helpers::{assert_failure, json, spawn_app};
+use kv_e2e::app::{assert_failure, json, spawn_app};
 
 #[tokio::test]
 async fn a_posted_value_can_be_read_back_and_is_in_sqlite() {

@@ -1,6 +1,6 @@
 //! CONTRACT section 3: read-your-writes and last-write-wins under concurrency.
 
-use crate::helpers::{json, spawn_app};
+use kv_e2e::app::{json, spawn_app};
 use std::collections::HashSet;
 
 #[tokio::test]

@@ -1,20 +1,10 @@
 //! RabbitMQ restarted under load. A test binary of its own, because it takes the shared broker
-//! away: Cargo runs test binaries one after another, and the broker lock (see `lock_broker`)
-//! keeps concurrent test runs on this machine out of its way too.
+//! away: Cargo runs test binaries one after another, and the broker lock (see
+//! [`kv_e2e::app::lock_broker`]) keeps concurrent test runs on this machine out of its way too.
 
-// The end-to-end suite's helpers, shared as files; this binary uses only some of them.
-#![allow(dead_code)]
-
-#[path = "api/helpers.rs"]
-mod helpers;
-#[path = "api/processes.rs"]
-mod processes;
-#[path = "api/writers.rs"]
-mod writers;
-
-use helpers::{Lock, Options, json, rabbitmqctl, spawn_app_with};
+use kv_e2e::app::{Lock, Options, json, rabbitmqctl, spawn_app_with};
+use kv_e2e::writers::{Writers, assert_none_slower_than, audit};
 use std::time::{Duration, Instant};
-use writers::{Writers, assert_none_slower_than, audit};
 
 const DEADLINE: Duration = Duration::from_millis(5000);
 const ROUNDS: u32 = 3;

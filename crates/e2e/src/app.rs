@@ -1,9 +1,12 @@
 //! `spawn_app()` and the `TestApp` it returns: both servers on a fresh queue and database, with
 //! request helpers and direct looks into SQLite and RabbitMQ.
+//!
+//! A test gives its servers settings the way an operator does, as environment variables; the
+//! servers in this process get them through their own settings parser (see [`settings`]), so
+//! every setting a test does not name has the default the binaries have.
 
-use crate::processes::{ServerProcess, back_server_binary, front_server_binary};
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use crate::queues::{delete_queues_now, ready_messages};
+use crate::server::{ServerProcess, binaries};
 use lapin::{Connection, ConnectionProperties};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,9 +18,7 @@ use tokio::task::JoinHandle;
 /// How long a test waits for a condition before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(15);
 
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| kv_runtime::DEFAULT_AMQP_URL.into())
-}
+pub use crate::queues::amqp_url;
 
 /// A queue name no other test or concurrent run uses.
 pub fn unique_queue() -> String {
@@ -39,8 +40,9 @@ pub struct Options {
     pub back_server: bool,
     /// Wait until the front-server has reached RabbitMQ before returning.
     pub wait_for_broker: bool,
-    pub rpc_timeout_ms: u64,
-    pub body_read_timeout_ms: u64,
+    /// Settings of the in-process front-server beyond those every test gives it, as environment
+    /// variables (`("RPC_TIMEOUT_MS", "500")`); the rest keep their defaults.
+    pub front_env: &'static [(&'static str, &'static str)],
     pub amqp_url: String,
     /// Whether the test shares RabbitMQ (most) or needs it alone (one that restarts it).
     pub broker: Lock,
@@ -72,8 +74,7 @@ impl Default for Options {
             front_server: true,
             back_server: true,
             wait_for_broker: true,
-            rpc_timeout_ms: 5000,
-            body_read_timeout_ms: 10_000,
+            front_env: &[],
             amqp_url: amqp_url(),
             broker: Lock::Shared,
         }
@@ -138,22 +139,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         _broker_lock: broker_lock,
     };
     if options.front_server {
-        let config = front_server::Config {
-            config: None,
-            amqp: kv_runtime::AmqpSettings {
-                amqp_url: options.amqp_url.clone(),
-                queue: app.queue.clone(),
-            },
-            log: kv_runtime::LogSettings {
-                log_format: kv_runtime::LogFormat::Text,
-            },
-            listen: "127.0.0.1:0".parse().unwrap(),
-            rpc_timeout_ms: options.rpc_timeout_ms,
-            body_limit_bytes: 64 * 1024,
-            header_read_timeout_ms: 10_000,
-            body_read_timeout_ms: options.body_read_timeout_ms,
-            max_connections: 1000,
-        };
+        let config = settings(&app.front_settings(options.front_env));
         let front = front_server::Application::build(config)
             .await
             .expect("front-server builds");
@@ -180,10 +166,6 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 #[derive(Debug, Clone, Copy)]
 pub enum Lock {
     Shared,
-    #[allow(
-        dead_code,
-        reason = "used by tests/broker_restart.rs, which shares this file"
-    )]
     Exclusive,
 }
 
@@ -209,21 +191,7 @@ pub fn lock_broker(how: Lock) -> std::fs::File {
 impl TestApp {
     pub async fn start_back(&mut self) {
         assert!(self.back.is_none(), "the back-server already runs");
-        let config = back_server::Config {
-            config: None,
-            amqp: kv_runtime::AmqpSettings {
-                amqp_url: self.amqp_url.clone(),
-                queue: self.queue.clone(),
-            },
-            log: kv_runtime::LogSettings {
-                log_format: kv_runtime::LogFormat::Text,
-            },
-            db_path: self.db_path.clone(),
-            prefetch: 64,
-            batch_size: 32,
-            max_redeliveries: 5,
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-        };
+        let config = settings(&self.back_settings(&[]));
         let back = back_server::Application::build(config)
             .await
             .expect("back-server builds");
@@ -235,17 +203,8 @@ impl TestApp {
     /// Starts the back-server binary on this test's queue and database; `env` adds or overrides
     /// settings. Does not wait for it to be ready.
     pub async fn start_back_process(&self, env: &[(&str, &str)]) -> ServerProcess {
-        let mut settings = vec![
-            ("AMQP_URL", self.amqp_url.as_str()),
-            ("KV_QUEUE", self.queue.as_str()),
-            ("DB_PATH", self.db_path.to_str().unwrap()),
-            ("PREFETCH", "64"),
-            ("BATCH_SIZE", "32"),
-            // Tests run side by side: each back-server's admin listener takes any free port.
-            ("ADMIN_LISTEN", "127.0.0.1:0"),
-        ];
-        settings.extend_from_slice(env);
-        ServerProcess::start("back-server", back_server_binary().await, &settings)
+        let settings = self.back_settings(env);
+        ServerProcess::start("back-server", &binaries().await.back, &settings)
     }
 
     /// Starts the front-server binary on this test's queue, makes it the server this test's
@@ -255,16 +214,41 @@ impl TestApp {
             self.front.is_none(),
             "a front-server already runs in process"
         );
+        let settings = self.front_settings(env);
+        let front = ServerProcess::start("front-server", &binaries().await.front, &settings);
+        self.address = format!("http://{}", front.wait_for_address("listening").await);
+        front.wait_for_log("ready: publishing to RabbitMQ").await;
+        front
+    }
+
+    /// The front-server's settings in this test: its broker and queue, any free port, then `extra`.
+    fn front_settings<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut settings = vec![
             ("AMQP_URL", self.amqp_url.as_str()),
             ("KV_QUEUE", self.queue.as_str()),
             ("FRONT_LISTEN", "127.0.0.1:0"),
         ];
-        settings.extend_from_slice(env);
-        let front = ServerProcess::start("front-server", front_server_binary(), &settings);
-        self.address = format!("http://{}", front.wait_for_address("listening").await);
-        front.wait_for_log("ready: publishing to RabbitMQ").await;
-        front
+        settings.extend_from_slice(extra);
+        settings
+    }
+
+    /// The back-server's settings in this test: its broker, queue and database, small batches
+    /// (tests send few messages), any free port for its admin listener (tests run side by side),
+    /// then `extra`.
+    fn back_settings<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut settings = vec![
+            ("AMQP_URL", self.amqp_url.as_str()),
+            ("KV_QUEUE", self.queue.as_str()),
+            (
+                "DB_PATH",
+                self.db_path.to_str().expect("a UTF-8 temporary path"),
+            ),
+            ("PREFETCH", "64"),
+            ("BATCH_SIZE", "32"),
+            ("ADMIN_LISTEN", "127.0.0.1:0"),
+        ];
+        settings.extend_from_slice(extra);
+        settings
     }
 
     pub async fn stop_back(&mut self) {
@@ -420,17 +404,9 @@ impl TestApp {
 
     /// How many messages wait in `queue` (ready, not yet delivered to a consumer).
     pub async fn messages_in(&self, queue: &str) -> u32 {
-        let (connection, channel) = self.broker().await;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let declared = channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await;
-        let count = declared.expect("the queue exists").message_count();
-        let _ = connection.close(200, "done".into()).await;
-        count
+        ready_messages(&self.amqp_url, queue)
+            .await
+            .unwrap_or_else(|err| panic!("count the messages in {queue}: {err:#}"))
     }
 
     /// Stops both servers cleanly (checking they do) and deletes the test's queues.
@@ -453,35 +429,29 @@ impl Drop for TestApp {
         if let Some(back) = self.back.take() {
             back.task.abort();
         }
-        let url = self.amqp_url.clone();
-        let queues = [
+        let queues = vec![
             self.queue.clone(),
             kv_protocol::dead_letter_queue(&self.queue),
         ];
-        // Drop cannot await, and may run inside a runtime: use a thread with a runtime of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let Ok(connection) =
-                    Connection::connect(&url, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(channel) = connection.create_channel().await {
-                    for queue in queues {
-                        let _ = channel
-                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                }
-                let _ = connection.close(200, "test done".into()).await;
-            });
-        });
-        let _ = cleanup.join();
+        delete_queues_now(&self.amqp_url, queues);
     }
+}
+
+/// A server's settings, parsed by the server's own parser from environment-variable names and
+/// values, as its binary reads them from its environment: a setting not named here has the
+/// binary's default (or the value this process's environment gives it).
+pub fn settings<C: clap::Parser>(env: &[(&str, &str)]) -> C {
+    let command = C::command();
+    let mut args = vec![command.get_name().to_owned()];
+    for (name, value) in env {
+        let long = command
+            .get_arguments()
+            .find(|arg| arg.get_env().is_some_and(|env| env == *name))
+            .and_then(|arg| arg.get_long())
+            .unwrap_or_else(|| panic!("{} has no setting {name}", command.get_name()));
+        args.push(format!("--{long}={value}"));
+    }
+    C::try_parse_from(&args).unwrap_or_else(|err| panic!("settings {args:?}: {err}"))
 }
 
 /// Checks a condition until it holds (`Ok`) and returns what it gave; fails after [`PATIENCE`]

@@ -2,11 +2,11 @@
 //! Each case ends by reading SQLite directly: every write that got a `200` must be there.
 //! (The broker restart lives in its own test binary, `tests/broker_restart.rs`: it must run alone.)
 
-use crate::helpers::{
+use crate::proxy::Proxy;
+use kv_e2e::app::{
     Options, PATIENCE, TestApp, eventually, json, rabbitmqctl, spawn_app, spawn_app_with,
 };
-use crate::proxy::Proxy;
-use crate::writers::{Writers, assert_none_slower_than, audit};
+use kv_e2e::writers::{Writers, assert_none_slower_than, audit};
 use kv_protocol::{DEAD_REASON_HEADER, Key, Request, dead_letter_queue};
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
@@ -102,7 +102,7 @@ async fn a_link_silently_cut_by_the_network_is_found_by_heartbeats_and_healed() 
 
 /// Where `AMQP_URL` points, as a socket address.
 fn broker_address() -> std::net::SocketAddr {
-    let uri: lapin::uri::AMQPUri = crate::helpers::amqp_url().parse().unwrap();
+    let uri: lapin::uri::AMQPUri = kv_e2e::app::amqp_url().parse().unwrap();
     let host = match uri.authority.host.as_str() {
         "localhost" => "127.0.0.1",
         host => host,
@@ -253,7 +253,7 @@ async fn a_database_that_refuses_writes_keeps_them_queued_until_it_accepts_them(
 }
 
 /// Changes the file size limit (`ulimit -f`) of a running process.
-pub fn set_file_size_limit(process: &crate::processes::ServerProcess, limit: &str) {
+pub fn set_file_size_limit(process: &kv_e2e::server::ServerProcess, limit: &str) {
     let status = std::process::Command::new("prlimit")
         // The soft limit only: lowering the hard one could not be undone without privileges.
         .args([

@@ -3,8 +3,8 @@
 //! this process every in-process server would share one recorder).
 
 use crate::faults::{close_connections_of, set_file_size_limit};
-use crate::helpers::{Options, PATIENCE, TestApp, eventually, json, spawn_app_with};
-use crate::processes::ServerProcess;
+use kv_e2e::app::{Options, PATIENCE, TestApp, eventually, json, spawn_app_with};
+use kv_e2e::server::ServerProcess;
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! CONTRACT guarantee 6: a message the back-server cannot parse is kept in `<KV_QUEUE>.dead`
 //! with the reason, and the queue goes on.
 
-use crate::helpers::{PATIENCE, json, spawn_app};
+use kv_e2e::app::{PATIENCE, json, spawn_app};
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use std::time::{Duration, Instant};

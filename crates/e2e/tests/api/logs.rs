@@ -1,7 +1,7 @@
 //! Logs: each HTTP request logged once, when answered, with its method, path, status, latency
 //! and id; the same id in the back-server's lines about the message; JSON with `LOG_FORMAT=json`.
 
-use crate::helpers::{Options, spawn_app_with};
+use kv_e2e::app::{Options, spawn_app_with};
 use serde_json::{Value, json};
 
 #[tokio::test]

@@ -5,10 +5,10 @@
 //! It needs Debian's `chromium` and `chromium-driver` packages, which `scripts/test` installs when
 //! run as root; without them this test fails and names the package to install.
 
-use crate::helpers::{PATIENCE, spawn_app};
 use fantoccini::elements::Element;
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
+use kv_e2e::app::{PATIENCE, spawn_app};
 use serde_json::{Value, json};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;

@@ -1,7 +1,7 @@
 //! Every row of CONTRACT section 2's error table, with its status and exact message, and the
 //! promise that a bad request never reaches the broker.
 
-use crate::helpers::{Options, assert_failure, json, spawn_app, spawn_app_with};
+use kv_e2e::app::{Options, assert_failure, json, spawn_app, spawn_app_with};
 use lapin::options::QueueDeleteOptions;
 
 const NOT_JSON: &str = "Incorrect input data format, must be JSON";
@@ -192,7 +192,7 @@ async fn a_write_the_broker_cannot_route_gets_503_and_the_queue_is_declared_agai
     let started = std::time::Instant::now();
     while app.post_json(r#"{"kept": 1}"#).await.status() != 200 {
         assert!(
-            started.elapsed() < crate::helpers::PATIENCE,
+            started.elapsed() < kv_e2e::app::PATIENCE,
             "the queue never came back"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

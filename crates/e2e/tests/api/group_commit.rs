@@ -2,7 +2,7 @@
 //! Each test queues requests while no back-server runs, so that the back-server finds a backlog
 //! and takes it in batches (of at most 32 here), then checks answers, SQLite and the queues.
 
-use crate::helpers::{Options, PATIENCE, TestApp, json, spawn_app_with};
+use kv_e2e::app::{Options, PATIENCE, TestApp, json, spawn_app_with};
 use lapin::options::BasicGetOptions;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ async fn wait_for_backlog(app: &TestApp, count: u32) {
 async fn each_read_in_a_backlog_sees_exactly_the_writes_queued_before_it() {
     // The first read waits while the backlog is built: give it a deadline far beyond that.
     let mut app = spawn_app_with(Options {
-        rpc_timeout_ms: 60_000,
+        front_env: &[("RPC_TIMEOUT_MS", "60000")],
         ..Options::front_only()
     })
     .await;

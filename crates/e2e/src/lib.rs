@@ -1,0 +1,20 @@
+//! The system tests' helpers, shared with the benchmark (`kv-bench`). The tests themselves are in
+//! `tests/`: `tests/api` is one binary with a file per feature, and `tests/broker_restart.rs`
+//! runs alone because it takes RabbitMQ away.
+//!
+//! - [`app`]: [`spawn_app`] starts a test system (the real servers, in process, on a queue and a
+//!   database no other test uses) and returns a [`TestApp`] with request helpers, direct looks
+//!   into SQLite, and cleanup of its queues.
+//! - [`server`]: the servers as real processes, for tests that kill, stop or starve them and for
+//!   the benchmark: logs, signals, CPU time and memory.
+//! - [`queues`]: looks into RabbitMQ's queues and their deletion.
+//! - [`writers`]: clients that keep writing while a test breaks something, and the audit after.
+//!
+//! Everything talks to the real RabbitMQ at `AMQP_URL` (default: the local broker).
+
+pub mod app;
+pub mod queues;
+pub mod server;
+pub mod writers;
+
+pub use app::{Options, TestApp, spawn_app, spawn_app_with};
