@@ -1,5 +1,5 @@
-//! CONTRACT guarantees 4 and 5 with the back-server away: reads end in 504 within their
-//! deadline, writes are still acknowledged and are applied when it returns.
+//! Guarantees 4 and 5 of docs/CONTRACT.md, with the back-server away: reads end in 504 within
+//! their deadline, writes are still acknowledged and are applied when it returns.
 
 use kv_e2e::app::{Options, json, spawn_app_with};
 use std::time::{Duration, Instant};

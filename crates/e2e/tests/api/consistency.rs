@@ -1,4 +1,4 @@
-//! CONTRACT section 3: read-your-writes and last-write-wins under concurrency.
+//! The guarantees of docs/CONTRACT.md: read-your-writes and last-write-wins under concurrency.
 
 use kv_e2e::app::{json, spawn_app};
 use std::collections::HashSet;

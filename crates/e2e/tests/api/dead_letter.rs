@@ -1,4 +1,4 @@
-//! CONTRACT guarantee 6: a message the back-server cannot parse is kept in `<KV_QUEUE>.dead`
+//! Guarantee 6 of docs/CONTRACT.md: a message the back-server cannot parse is kept in `<KV_QUEUE>.dead`
 //! with the reason, and the queue goes on.
 
 use kv_e2e::app::{PATIENCE, json, spawn_app};

@@ -1,5 +1,5 @@
-//! Every row of CONTRACT section 2's error table, with its status and exact message, and the
-//! promise that a bad request never reaches the broker.
+//! Every row of the error table in docs/CONTRACT.md ("Every failure of `/api`"), with its status
+//! and exact message, and the promise that a bad request never reaches the broker.
 
 use kv_e2e::app::{Options, assert_failure, json, spawn_app, spawn_app_with};
 use lapin::options::QueueDeleteOptions;

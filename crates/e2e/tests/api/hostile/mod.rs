@@ -1,6 +1,6 @@
-//! Hostile input against the real `front-server` binary (issue 4, point 3): ten thousand
-//! generated requests that must each get the contract's JSON answer, and slow, idle and
-//! half-closed connections that must not exhaust the server.
+//! Hostile input against the real `front-server` binary: ten thousand generated requests that
+//! must each get the contract's JSON answer, and slow, idle and half-closed connections that
+//! must not exhaust the server.
 //!
 //! The binary runs as a child process, as in production, so that its memory can be read from
 //! `/proc` and a crash shows as an exit. The back-server runs in this process, on the queue and
