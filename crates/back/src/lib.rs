@@ -1,8 +1,10 @@
 //! `back-server`: consumes the request queue, applies writes to SQLite and answers reads.
 //!
-//! [`startup`] owns the process's life (connect, reconnect, shut down), [`consumer`] turns
-//! deliveries into database work and acks, and [`store`] owns the SQLite connection on a thread
-//! of its own. [`admin`] serves `/health`, `/ready` and `/metrics` on a listener of its own.
+//! [`startup`] wires the process and runs it until shutdown; [`consumer`] is its session on each
+//! RabbitMQ connection, which `kv_runtime`'s supervisor opens, runs and reopens (the reconnects
+//! happen there, not here): it turns deliveries into database work, replies and acks. [`store`]
+//! owns the SQLite connection on a thread of its own, and [`admin`] serves `/health`, `/ready`
+//! and `/metrics` on a listener of its own.
 
 pub mod admin;
 pub mod config;

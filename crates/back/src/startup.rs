@@ -1,6 +1,6 @@
-//! Wiring and lifecycle: open the store and bind the admin listener, then connect, consume, and
-//! reconnect whenever the broker link drops, until shutdown. `main` and the tests both run
-//! exactly this.
+//! Wiring: open the store and bind the admin listener, then run the consumer's session under
+//! `kv_runtime`'s supervisor (which connects, and reconnects whenever the link drops) until
+//! shutdown. `main` and the tests both run exactly this.
 
 use crate::admin::{self, Status};
 use crate::config::Config;

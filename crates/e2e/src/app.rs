@@ -15,8 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// How long a test waits for a condition before it fails.
-pub const PATIENCE: Duration = Duration::from_secs(15);
+pub use crate::PATIENCE;
 
 pub use crate::queues::amqp_url;
 

@@ -2,8 +2,8 @@
 //! `tests/`: `tests/api` is one binary with a file per feature, and `tests/broker_restart.rs`
 //! runs alone because it takes RabbitMQ away.
 //!
-//! - [`app`]: [`spawn_app`] starts a test system (the real servers, in process, on a queue and a
-//!   database no other test uses) and returns a [`TestApp`] with request helpers, direct looks
+//! - [`app`]: [`spawn_app`](app::spawn_app) starts a test system (the real servers, in process, on a queue and a
+//!   database no other test uses) and returns a [`TestApp`](app::TestApp) with request helpers, direct looks
 //!   into SQLite, and cleanup of its queues.
 //! - [`server`]: the servers as real processes, for tests that kill, stop or starve them and for
 //!   the benchmark: logs, signals, CPU time and memory.
@@ -17,4 +17,5 @@ pub mod queues;
 pub mod server;
 pub mod writers;
 
-pub use app::{Options, TestApp, spawn_app, spawn_app_with};
+/// How long a test waits for a condition (a log line, a row, a queue's length) before it fails.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);

@@ -2,7 +2,7 @@
 //! benchmark. Each process's stderr is kept so that a test can await a log line; a process still
 //! running when its handle is dropped is killed, so a failing test leaves none behind.
 
-use crate::app::PATIENCE;
+use crate::PATIENCE;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};

@@ -2,7 +2,8 @@
 //! hold every write that got a `200`, with each key's last acknowledged value (or a later one whose
 //! answer was lost, since a write that failed for its client may still have reached RabbitMQ).
 
-use crate::app::{PATIENCE, TestApp};
+use crate::PATIENCE;
+use crate::app::TestApp;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
