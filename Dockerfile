@@ -1,8 +1,8 @@
-# syntax=docker/dockerfile:1
-#
 # One builder compiles both servers; each ships in its own small image:
 #   docker build --target front -t kv-front .
 #   docker build --target back  -t kv-back  .
+# No `# syntax=` line: it makes BuildKit fetch a frontend image from Docker Hub (which fails
+# offline); the built-in one reads this file, and so does the classic builder.
 # docker-compose.yml builds and runs both with RabbitMQ. scripts/check-docker (part of .ci/run)
 # lints this file and runs the builder stage's COPY and RUN steps on the CI machine, so the
 # build CI checks is the build this file does.
@@ -45,8 +45,10 @@ RUN find crates -type f -exec touch {} + \
 # TLS and SQLite is linked in), so nothing is installed. Both log one line per event to stderr,
 # which `docker logs` shows.
 FROM debian:bookworm-slim AS runtime
-RUN groupadd --system --gid 10001 kv \
-    && useradd --system --uid 10001 --gid kv --no-create-home --home-dir /nonexistent \
+# Not --system: system ids end at 999, and useradd warns about 10001 there. --no-log-init: no
+# lastlog/faillog entry, which for a high uid is a large sparse file in the layer.
+RUN groupadd --gid 10001 kv \
+    && useradd --no-log-init --uid 10001 --gid kv --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin kv
 # Executable in git; COPY keeps the mode (no --chmod, so the classic builder works too).
 COPY docker/healthcheck /usr/local/bin/healthcheck
