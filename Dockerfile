@@ -13,21 +13,29 @@
 FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /src
 
-# Dependency layer. cargo-chef would add a `cargo install` of minutes to every uncached build and
-# to CI's replay; BuildKit cache mounts live only on the machine that built (a CI builder starts
-# empty, and --cache-to exports layers, not mounts). So: the manifests alone, with stub sources,
-# and a build of the two servers that compiles every dependency into an ordinary layer. It is
-# rebuilt only when Cargo.toml, Cargo.lock or a crate's manifest changes; an edit to the code
-# reuses it. Every workspace member needs its manifest here ("crates/*" in Cargo.toml), even
-# kv-bench, or the lockfile would not match and --locked would stop the build.
+# Dependency layer. cargo-chef would add a `cargo install` of minutes to every uncached build;
+# BuildKit cache mounts live only on the machine that built (a CI builder starts empty, and
+# --cache-to exports layers, not mounts). So: the manifests alone, with stub sources, and a build
+# of the two servers that compiles every dependency into an ordinary layer. It is rebuilt only
+# when Cargo.toml, Cargo.lock or a crate's manifest changes; an edit to the code reuses it.
+# Every workspace member needs its manifest here ("crates/*" in Cargo.toml), even kv-bench, or
+# the lockfile would not match and --locked would stop the build. One COPY line per crate, all
+# together here: a new crate adds its line (scripts/check-docker says which one is missing).
 COPY Cargo.toml Cargo.lock ./
 COPY crates/protocol/Cargo.toml crates/protocol/
 COPY crates/front/Cargo.toml crates/front/
 COPY crates/back/Cargo.toml crates/back/
 COPY crates/bench/Cargo.toml crates/bench/
-RUN for crate in crates/*/; do mkdir -p "${crate}src/bin" && : > "${crate}src/lib.rs"; done \
-    && for bin in front/src/main.rs back/src/main.rs bench/src/main.rs bench/src/bin/limits-probe.rs; do \
-        echo 'fn main() {}' > "crates/$bin"; done \
+# The stubs need no line per crate: every crate gets an empty src/lib.rs, and every target path
+# its manifest names (`path = "src/main.rs"` of a [[bin]], say) gets `fn main() {}`.
+RUN for crate in crates/*/; do \
+        mkdir -p "${crate}src" && : > "${crate}src/lib.rs" \
+        && sed -n 's/^path *= *"\(.*\)"$/\1/p' "${crate}Cargo.toml" > /tmp/targets \
+        && while read -r target; do \
+            mkdir -p "$(dirname "${crate}${target}")" && echo 'fn main() {}' > "${crate}${target}"; \
+        done < /tmp/targets; \
+    done \
+    && rm /tmp/targets \
     && cargo build --release --locked -p front-server -p back-server
 
 # The real sources. COPY keeps their modification times, which can be older than the stub build:
