@@ -1,11 +1,13 @@
 # One builder compiles both servers; each ships in its own small image:
 #   docker build --target front -t kv-front .
 #   docker build --target back  -t kv-back  .
-# No `# syntax=` line: it makes BuildKit fetch a frontend image from Docker Hub (which fails
-# offline); the built-in one reads this file, and so does the classic builder.
 # docker-compose.yml builds and runs both with RabbitMQ. scripts/check-docker (part of .ci/run)
-# lints this file and runs the builder stage's COPY and RUN steps on the CI machine, so the
-# build CI checks is the build this file does.
+# lints this file with hadolint, then has a real Docker engine build both targets and run them
+# with docker-compose.yml: healthy, a write and a read through the published port, the data kept
+# across a new back-server container, a clean stop. Where Docker Hub does not answer, it builds
+# stand-ins under this file's FROM names first (see docker/standin/).
+# No `# syntax=` line: it makes BuildKit fetch a frontend image from Docker Hub (which fails
+# offline); BuildKit's built-in frontend reads this file, and so does the classic builder.
 
 # The toolchain CI builds and tests with (rustc 1.95; Cargo.toml's rust-version 1.89 is only the
 # minimum), on Debian 12 like the runtime images below, so the binaries need no newer glibc than
