@@ -1,11 +1,13 @@
-# syntax=docker/dockerfile:1
-#
 # One builder compiles both servers; each ships in its own small image:
 #   docker build --target front -t kv-front .
 #   docker build --target back  -t kv-back  .
 # docker-compose.yml builds and runs both with RabbitMQ. scripts/check-docker (part of .ci/run)
-# lints this file and runs the builder stage's COPY and RUN steps on the CI machine, so the
-# build CI checks is the build this file does.
+# lints this file with hadolint, then has a real Docker engine build both targets and run them
+# with docker-compose.yml: healthy, a write and a read through the published port, the data kept
+# across a new back-server container, a clean stop. Where Docker Hub does not answer, it builds
+# stand-ins under this file's FROM names first (see docker/standin/).
+# No `# syntax=` line: it makes BuildKit fetch a frontend image from Docker Hub (which fails
+# offline); BuildKit's built-in frontend reads this file, and so does the classic builder.
 
 # The toolchain CI builds and tests with (rustc 1.95; Cargo.toml's rust-version 1.89 is only the
 # minimum), on Debian 12 like the runtime images below, so the binaries need no newer glibc than
@@ -13,21 +15,31 @@
 FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /src
 
-# Dependency layer. cargo-chef would add a `cargo install` of minutes to every uncached build and
-# to CI's replay; BuildKit cache mounts live only on the machine that built (a CI builder starts
-# empty, and --cache-to exports layers, not mounts). So: the manifests alone, with stub sources,
-# and a build of the two servers that compiles every dependency into an ordinary layer. It is
-# rebuilt only when Cargo.toml, Cargo.lock or a crate's manifest changes; an edit to the code
-# reuses it. Every workspace member needs its manifest here ("crates/*" in Cargo.toml), even
-# kv-bench, or the lockfile would not match and --locked would stop the build.
+# Dependency layer. cargo-chef would add a `cargo install` of minutes to every uncached build;
+# BuildKit cache mounts live only on the machine that built (a CI builder starts empty, and
+# --cache-to exports layers, not mounts). So: the manifests alone, with stub sources, and a build
+# of the two servers that compiles every dependency into an ordinary layer. It is rebuilt only
+# when Cargo.toml, Cargo.lock or a crate's manifest changes; an edit to the code reuses it.
+# Every workspace member needs its manifest here ("crates/*" in Cargo.toml), even kv-bench, or
+# the lockfile would not match and --locked would stop the build. One COPY line per crate, all
+# together here: a new crate adds its line (scripts/check-docker says which one is missing).
 COPY Cargo.toml Cargo.lock ./
 COPY crates/protocol/Cargo.toml crates/protocol/
+COPY crates/runtime/Cargo.toml crates/runtime/
 COPY crates/front/Cargo.toml crates/front/
 COPY crates/back/Cargo.toml crates/back/
 COPY crates/bench/Cargo.toml crates/bench/
-RUN for crate in crates/*/; do mkdir -p "${crate}src/bin" && : > "${crate}src/lib.rs"; done \
-    && for bin in front/src/main.rs back/src/main.rs bench/src/main.rs bench/src/bin/limits-probe.rs; do \
-        echo 'fn main() {}' > "crates/$bin"; done \
+COPY crates/e2e/Cargo.toml crates/e2e/
+# The stubs need no line per crate: every crate gets an empty src/lib.rs, and every target path
+# its manifest names (`path = "src/main.rs"` of a [[bin]], say) gets `fn main() {}`.
+RUN for crate in crates/*/; do \
+        mkdir -p "${crate}src" && : > "${crate}src/lib.rs" \
+        && sed -n 's/^path *= *"\(.*\)"$/\1/p' "${crate}Cargo.toml" > /tmp/targets \
+        && while read -r target; do \
+            mkdir -p "$(dirname "${crate}${target}")" && echo 'fn main() {}' > "${crate}${target}"; \
+        done < /tmp/targets; \
+    done \
+    && rm /tmp/targets \
     && cargo build --release --locked -p front-server -p back-server
 
 # The real sources. COPY keeps their modification times, which can be older than the stub build:
@@ -45,8 +57,10 @@ RUN find crates -type f -exec touch {} + \
 # TLS and SQLite is linked in), so nothing is installed. Both log one line per event to stderr,
 # which `docker logs` shows.
 FROM debian:bookworm-slim AS runtime
-RUN groupadd --system --gid 10001 kv \
-    && useradd --system --uid 10001 --gid kv --no-create-home --home-dir /nonexistent \
+# Not --system: system ids end at 999, and useradd warns about 10001 there. --no-log-init: no
+# lastlog/faillog entry, which for a high uid is a large sparse file in the layer.
+RUN groupadd --gid 10001 kv \
+    && useradd --no-log-init --uid 10001 --gid kv --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin kv
 # Executable in git; COPY keeps the mode (no --chmod, so the classic builder works too).
 COPY docker/healthcheck /usr/local/bin/healthcheck
