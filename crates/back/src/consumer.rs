@@ -10,25 +10,25 @@
 //! Poison messages: an unparseable message is dead-lettered at once. A message that RabbitMQ
 //! redelivers (the back-server stopped or crashed while holding it) is tried alone, and only up to
 //! `MAX_REDELIVERIES` times, so one that crashes the back-server cannot block the queue forever.
+//!
+//! The consumer consumes and acks on one connection; replies and dead letters go out on another
+//! ([`outbox`](crate::outbox)), so that a resource alarm, which blocks the connections that
+//! publish, never stops the queue from draining.
 
-use crate::admin::{DEAD_LETTERED, Status};
+use crate::admin::Status;
 use crate::config::Config;
+use crate::outbox::{DeadLettered, Outbox};
 use crate::store::{Outcome, Store, StoreError};
-use futures_util::future::try_join_all;
 use futures_util::{FutureExt, StreamExt};
-use kv_protocol::{
-    DEAD_REASON_HEADER, REQUEST_ID_HEADER, Reply, Request, dead_letter_queue, declare_topology,
-};
-use kv_runtime::End;
+use kv_protocol::{REQUEST_ID_HEADER, Reply, Request, dead_letter_queue, declare_topology};
+use kv_runtime::{Connections, End};
+use lapin::Channel;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const CONSUMER_TAG: &str = "back-server";
@@ -45,13 +45,14 @@ pub struct Consumer<'a> {
     pub status: &'a Status,
 }
 
-/// The channels and the consumer [`Consumer`] sets up on one connection.
+/// The channels and the consumer [`Consumer`] sets up on one link.
 pub struct Subscription {
+    /// Consumes and acks, on the consuming connection.
     channel: Channel,
-    /// Dead-lettering needs its own confirm-mode channel: replies go out on `channel` without
-    /// confirms, and lapin keeps every unawaited confirm until someone waits for it.
-    dead_channel: Channel,
     deliveries: lapin::Consumer,
+    /// Replies and dead letters, on the publishing connection.
+    outbox: Outbox,
+    dead_letters: mpsc::UnboundedReceiver<DeadLettered>,
 }
 
 /// Why handling a batch stopped short.
@@ -60,9 +61,6 @@ enum Failure {
     /// The link broke: reconnect, and RabbitMQ redelivers what was not acked.
     #[error(transparent)]
     Link(#[from] lapin::Error),
-    /// RabbitMQ did not take a dead-lettered copy: keep the original, and try again on a new link.
-    #[error("RabbitMQ did not take the dead-lettered copy: {0}")]
-    DeadLetterRefused(String),
     /// The store thread is gone: nothing more can be applied.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -81,19 +79,21 @@ impl kv_runtime::Session for Consumer<'_> {
     type Link = Subscription;
     type Fatal = StoreError;
 
-    /// Opens the consumer's channels, declares the queues and starts consuming.
-    async fn open(&mut self, connection: &Connection) -> lapin::Result<Subscription> {
+    /// Acks must go on while RabbitMQ blocks publishing (see the module docs).
+    const SEPARATE_PUBLISHER: bool = true;
+
+    /// Opens the consumer's channel, declares the queues, starts consuming, and opens the outbox
+    /// on the publishing connection.
+    async fn open(&mut self, connections: &Connections) -> lapin::Result<Subscription> {
         self.status.set_connected(true);
         let queue = self.config.amqp.queue.as_str();
-        let channel = connection.create_channel().await?;
+        let channel = connections.consume.create_channel().await?;
         declare_topology(&channel, queue).await?;
         channel
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
             .await?;
-        let dead_channel = connection.create_channel().await?;
-        dead_channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let (outbox, dead_letters) =
+            Outbox::open(connections.publish(), dead_letter_queue(queue)).await?;
         let deliveries = channel
             .basic_consume(
                 queue.into(),
@@ -104,8 +104,9 @@ impl kv_runtime::Session for Consumer<'_> {
             .await?;
         Ok(Subscription {
             channel,
-            dead_channel,
             deliveries,
+            outbox,
+            dead_letters,
         })
     }
 
@@ -123,20 +124,26 @@ impl kv_runtime::Session for Consumer<'_> {
         self.status.set_consuming(true);
         tracing::info!(queue, prefetch = config.prefetch, batch_size, "consuming");
         let worker = Worker {
-            channel: &subscription.channel,
-            dead_channel: &subscription.dead_channel,
+            outbox: &subscription.outbox,
             store: self.store,
-            queue,
             max_redeliveries: config.max_redeliveries,
             status: self.status,
             shutdown,
         };
         let deliveries = &mut subscription.deliveries;
+        let dead_letters = &mut subscription.dead_letters;
         let mut batch = Vec::with_capacity(batch_size);
         loop {
             let first = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
+                Some(report) = dead_letters.recv() => {
+                    match worker.dead_lettered(report).await {
+                        Ok(Handled::Acked) => continue,
+                        Ok(Handled::Interrupted) => return End::Shutdown,
+                        Err(end) => return end,
+                    }
+                }
                 next = deliveries.next() => next,
             };
             match first {
@@ -176,7 +183,7 @@ impl kv_runtime::Session for Consumer<'_> {
             .channel
             .basic_cancel(CONSUMER_TAG.into(), BasicCancelOptions::default())
             .await?;
-        subscription.dead_channel.close(200, reason.into()).await?;
+        subscription.outbox.close(reason).await?;
         subscription.channel.close(200, reason.into()).await
     }
 
@@ -208,10 +215,8 @@ enum Handled {
 }
 
 struct Worker<'a> {
-    channel: &'a Channel,
-    dead_channel: &'a Channel,
+    outbox: &'a Outbox,
     store: &'a Store,
-    queue: &'a str,
     max_redeliveries: u32,
     status: &'a Status,
     shutdown: &'a CancellationToken,
@@ -227,13 +232,13 @@ impl Worker<'_> {
                 group.push(delivery);
                 continue;
             }
-            if self.handle_group(&mut group).await? == Handled::Interrupted
+            if self.handle_group(&mut group, None).await? == Handled::Interrupted
                 || self.handle_redelivered(delivery).await? == Handled::Interrupted
             {
                 return Ok(Handled::Interrupted);
             }
         }
-        self.handle_group(&mut group).await
+        self.handle_group(&mut group, None).await
     }
 
     /// A redelivered message was in hand when the back-server crashed, stopped or lost its link.
@@ -258,23 +263,43 @@ impl Worker<'_> {
             );
             let request_id = request_id(&delivery);
             tracing::error!(%request_id, %reason, "dead-lettering a message");
-            self.dead_letter(&delivery, "redelivered", &reason).await?;
-            delivery.ack(BasicAckOptions::default()).await?;
-        } else if self.handle_group(&mut vec![delivery]).await? == Handled::Interrupted {
-            return Ok(Handled::Interrupted);
+            // Its count is dropped once the copy is safe and the original acked.
+            self.outbox
+                .dead_letter(delivery, "redelivered", &reason, Some(message));
+            return Ok(Handled::Acked);
         }
-        let forgotten = self
-            .retrying(|| self.store.forget_attempts(message.clone()))
-            .await?;
-        Ok(match forgotten {
-            Some(()) => Handled::Acked,
-            None => Handled::Interrupted,
-        })
+        self.handle_group(&mut vec![delivery], Some(message)).await
+    }
+
+    /// Notes how a dead letter ended: a redelivered message's count is dropped once it is safe
+    /// in the dead-letter queue; one that RabbitMQ did not take ends the link, so that the
+    /// original is redelivered.
+    async fn dead_lettered(&self, report: DeadLettered) -> Result<Handled, End<StoreError>> {
+        match report {
+            DeadLettered::Done { message: None } => Ok(Handled::Acked),
+            DeadLettered::Done {
+                message: Some(message),
+            } => match self
+                .retrying(|| self.store.forget_attempts(message.clone()))
+                .await
+            {
+                Ok(Some(())) => Ok(Handled::Acked),
+                Ok(None) => Ok(Handled::Interrupted),
+                Err(err) => Err(End::Fatal(err)),
+            },
+            DeadLettered::Failed(reason) => Err(End::Lost(reason)),
+        }
     }
 
     /// Applies deliveries in one transaction, replies to the reads among them, then acks them
-    /// all with one `multiple` ack; empties `group`.
-    async fn handle_group(&self, group: &mut Vec<Delivery>) -> Result<Handled, Failure> {
+    /// all with one `multiple` ack (one by one while a dead letter is pending); empties `group`.
+    /// `redelivered` is the count key of a redelivered message handled alone, dropped in the
+    /// same transaction.
+    async fn handle_group(
+        &self,
+        group: &mut Vec<Delivery>,
+        redelivered: Option<Arc<[u8]>>,
+    ) -> Result<Handled, Failure> {
         let mut requests = Vec::with_capacity(group.len());
         let mut applied = Vec::with_capacity(group.len());
         for delivery in group.drain(..) {
@@ -287,9 +312,9 @@ impl Worker<'_> {
                     let reason = format!("unparseable request: {err}");
                     let request_id = request_id(&delivery);
                     tracing::warn!(%request_id, %reason, "dead-lettering a message");
-                    self.dead_letter(&delivery, "unparseable", &reason).await?;
-                    // On its own (not `multiple`): the requests before it are not committed yet.
-                    delivery.ack(BasicAckOptions::default()).await?;
+                    // Acked on its own once its copy is safe, never by a `multiple` ack.
+                    self.outbox
+                        .dead_letter(delivery, "unparseable", &reason, None);
                 }
             }
         }
@@ -300,7 +325,14 @@ impl Worker<'_> {
         #[cfg(feature = "failpoints")]
         fail::fail_point!("before-apply", |_| std::process::abort());
         let requests: Arc<[Request]> = requests.into();
-        let Some(outcomes) = self.retrying(|| self.store.apply(requests.clone())).await? else {
+        let applied_in_store = self.retrying(|| match &redelivered {
+            None => self.store.apply(requests.clone()).left_future(),
+            Some(message) => self
+                .store
+                .apply_redelivered(requests.clone(), message.clone())
+                .right_future(),
+        });
+        let Some(outcomes) = applied_in_store.await? else {
             return Ok(Handled::Interrupted);
         };
         // A crash after the commit, before the ack: RabbitMQ redelivers what SQLite already has.
@@ -312,18 +344,22 @@ impl Worker<'_> {
                 tracing::debug!(%request_id, ?outcome, "applied");
             }
         }
-        // Replies go to different requesters, so they need no order among themselves.
-        let replies = applied
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|(delivery, outcome)| match *outcome {
-                Outcome::Value(Some(value)) => Some((delivery, Reply::Found { value })),
-                Outcome::Value(None) => Some((delivery, Reply::NotFound)),
-                Outcome::Stored => None,
-            })
-            .map(|(delivery, reply)| self.reply(&delivery.properties, reply));
-        try_join_all(replies).await?;
-        last.ack(BasicAckOptions { multiple: true }).await?;
+        for (delivery, outcome) in applied.iter().zip(&outcomes) {
+            match *outcome {
+                Outcome::Value(Some(value)) => self
+                    .outbox
+                    .reply(&delivery.properties, Reply::Found { value }),
+                Outcome::Value(None) => self.outbox.reply(&delivery.properties, Reply::NotFound),
+                Outcome::Stored => {}
+            }
+        }
+        if self.outbox.dead_letters_pending() {
+            for delivery in &applied {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+        } else {
+            last.ack(BasicAckOptions { multiple: true }).await?;
+        }
         Ok(Handled::Acked)
     }
 
@@ -360,72 +396,6 @@ impl Worker<'_> {
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(MAX_STORE_RETRY);
-        }
-    }
-
-    async fn reply(&self, request: &BasicProperties, reply: Reply) -> Result<(), Failure> {
-        let Some(reply_to) = request.reply_to() else {
-            tracing::warn!("a read without reply_to; nobody to answer");
-            return Ok(());
-        };
-        let mut properties =
-            BasicProperties::default().with_content_type("application/json".into());
-        if let Some(id) = request.correlation_id() {
-            properties = properties.with_correlation_id(id.clone());
-        }
-        // Not `mandatory`: RabbitMQ 3.10 both delivers and returns direct reply-to messages
-        // published that way.
-        self.channel
-            .basic_publish(
-                "".into(),
-                reply_to.clone(),
-                BasicPublishOptions::default(),
-                &reply.to_vec(),
-                properties,
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Moves a message the back-server cannot process to `<queue>.dead`, with the reason in a
-    /// header, and returns only once RabbitMQ has confirmed the copy. `kind` is the reason's
-    /// metric label, one of a few words (the reason itself varies with each message).
-    async fn dead_letter(
-        &self,
-        delivery: &Delivery,
-        kind: &'static str,
-        reason: &str,
-    ) -> Result<(), Failure> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            DEAD_REASON_HEADER.into(),
-            AMQPValue::LongString(reason.into()),
-        );
-        let properties = delivery
-            .properties
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(2);
-        let confirmation = self
-            .dead_channel
-            .basic_publish(
-                "".into(),
-                dead_letter_queue(self.queue).into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &delivery.data,
-                properties,
-            )
-            .await?
-            .await?;
-        match confirmation {
-            Confirmation::Ack(None) => {
-                metrics::counter!(DEAD_LETTERED, "reason" => kind).increment(1);
-                Ok(())
-            }
-            other => Err(Failure::DeadLetterRefused(format!("{other:?}"))),
         }
     }
 }

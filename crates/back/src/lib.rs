@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod consumer;
+pub mod outbox;
 pub mod startup;
 pub mod store;
 

@@ -89,7 +89,20 @@ impl Store {
     /// Either all of them are committed or none is. Shared rather than owned, so that a caller
     /// retrying after an error sends the same batch again without copying it.
     pub async fn apply(&self, requests: Arc<[Request]>) -> Result<Vec<Outcome>, StoreError> {
-        self.call(move |connection| apply_batch(connection, &requests))
+        self.call(move |connection| apply_batch(connection, &requests, None))
+            .await
+    }
+
+    /// Like [`Self::apply`] for a redelivered message counted under `message`, whose count is
+    /// dropped in the same transaction: once its work is committed it is done with, and a count
+    /// dropped any later could be left behind for good (its ack may succeed, and the link drop
+    /// before the count is dropped).
+    pub async fn apply_redelivered(
+        &self,
+        requests: Arc<[Request]>,
+        message: Arc<[u8]>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.call(move |connection| apply_batch(connection, &requests, Some(&message)))
             .await
     }
 
@@ -166,6 +179,7 @@ fn serve(mut connection: Connection, mut jobs: mpsc::Receiver<Job>) {
 fn apply_batch(
     connection: &mut Connection,
     requests: &[Request],
+    forget: Option<&[u8]>,
 ) -> rusqlite::Result<Vec<Outcome>> {
     let started = Instant::now();
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -201,6 +215,9 @@ fn apply_batch(
             .collect::<rusqlite::Result<Vec<_>>>()?
     };
     let inserted = last_id(&transaction)? - last_id_before;
+    if let Some(message) = forget {
+        transaction.execute(FORGET_ATTEMPTS, [message])?;
+    }
     transaction.commit()?;
     metrics::histogram!(COMMIT_DURATION).record(started.elapsed().as_secs_f64());
     metrics::histogram!(BATCH_SIZE).record(requests.len() as f64);
@@ -274,6 +291,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn applying_a_redelivered_message_drops_its_count_in_the_same_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("kv.db")).await.unwrap();
+        let message: Arc<[u8]> = b"m-1".as_slice().into();
+        store.count_attempt(message.clone()).await.unwrap();
+        store.count_attempt(message.clone()).await.unwrap();
+
+        store
+            .apply_redelivered(Arc::new([put("k", 1.0)]), message.clone())
+            .await
+            .unwrap();
+
+        assert_eq!(store.count_attempt(message).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
     async fn attempts_count_up_per_message_until_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("kv.db")).await.unwrap();
@@ -306,10 +339,16 @@ mod tests {
             apply_batch(
                 &mut connection,
                 &[put("a", 1.0), put("b", 2.0), put("a", 3.0)],
+                None,
             )
             .unwrap();
-            apply_batch(&mut connection, &[get("a"), put("b", 4.0), put("c", 5.0)]).unwrap();
-            apply_batch(&mut connection, &[get("z")]).unwrap();
+            apply_batch(
+                &mut connection,
+                &[get("a"), put("b", 4.0), put("c", 5.0)],
+                None,
+            )
+            .unwrap();
+            apply_batch(&mut connection, &[get("z")], None).unwrap();
         });
         let reopened = rendered(&|| drop(open_connection(&path).unwrap()));
 

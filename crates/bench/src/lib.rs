@@ -1,9 +1,11 @@
-//! The benchmark of the key-value system (`kv-bench`, run by `scripts/bench`) and the probe of
-//! RabbitMQ's own limits it measures the system against (`limits-probe`).
+//! The benchmark of the key-value system (`kv-bench`, run by `scripts/bench`), the probe of
+//! RabbitMQ's own limits it measures the system against (`limits-probe`), and the chaos soak
+//! (`kv-soak`, run by `scripts/soak`).
 
 pub mod check;
 pub mod load;
 pub mod probe;
+pub mod soak;
 pub mod system;
 
 /// The broker both binaries measure, named as the servers name it.

@@ -346,6 +346,14 @@ impl TestApp {
             .unwrap()
     }
 
+    /// How many messages the back-server keeps a redelivery count for.
+    pub fn redelivery_counts(&self) -> i64 {
+        let connection = rusqlite::Connection::open(&self.db_path).unwrap();
+        connection
+            .query_row("SELECT count(*) FROM redeliveries", [], |row| row.get(0))
+            .unwrap()
+    }
+
     pub fn db_row_count(&self) -> i64 {
         let connection = rusqlite::Connection::open(&self.db_path).unwrap();
         connection

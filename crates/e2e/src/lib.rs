@@ -8,12 +8,17 @@
 //! - [`server`]: the servers as real processes, for tests that kill, stop or starve them and for
 //!   the benchmark: logs, signals, CPU time and memory.
 //! - [`queues`]: looks into RabbitMQ's queues and their deletion.
+//! - [`broker_faults`]: a resource alarm and a frozen broker, always undone; connections closed
+//!   by RabbitMQ.
+//! - [`rng`]: a seeded generator, so that a seed replays a run.
 //! - [`writers`]: clients that keep writing while a test breaks something, and the audit after.
 //!
 //! Everything talks to the real RabbitMQ at `AMQP_URL` (default: the local broker).
 
 pub mod app;
+pub mod broker_faults;
 pub mod queues;
+pub mod rng;
 pub mod server;
 pub mod writers;
 

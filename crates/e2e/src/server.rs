@@ -62,6 +62,8 @@ pub struct Binaries {
 
 pub struct ServerProcess {
     name: &'static str,
+    /// Kept apart from `child`, which forgets it once the process has been waited for.
+    pid: u32,
     child: Child,
     log: watch::Receiver<Vec<String>>,
 }
@@ -89,7 +91,13 @@ impl ServerProcess {
                 lines.send_modify(|lines| lines.push(line));
             }
         });
-        Self { name, child, log }
+        let pid = child.id().expect("a process just started has an id");
+        Self {
+            name,
+            pid,
+            child,
+            log,
+        }
     }
 
     /// The name it was started with, for messages about it.
@@ -98,7 +106,7 @@ impl ServerProcess {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id().expect("the process runs")
+        self.pid
     }
 
     /// Waits for a log line containing `needle` and returns it.

@@ -16,6 +16,8 @@ pub struct Attempt {
     pub key: String,
     pub value: f64,
     pub outcome: Result<u16, String>,
+    /// The answer's message when it was not a `200`, to tell failures apart.
+    pub message: Option<String>,
     pub took: Duration,
 }
 
@@ -36,6 +38,18 @@ impl Writers {
     /// at a time, cycling over `keys` keys of its own with values 0, 1, 2…, so that for every key a
     /// later write always carries a larger value.
     pub fn start(address: &str, clients: usize, keys: usize, writes: usize) -> Self {
+        Self::start_named("c", address, clients, keys, writes)
+    }
+
+    /// Like [`Self::start`], with keys named `<prefix><client>.k<n>`, so that two sets of
+    /// writers in one test never share a key.
+    pub fn start_named(
+        prefix: &'static str,
+        address: &str,
+        clients: usize,
+        keys: usize,
+        writes: usize,
+    ) -> Self {
         let (count, acked) = watch::channel(0);
         let stop = CancellationToken::new();
         let tasks = (0..clients)
@@ -51,16 +65,22 @@ impl Writers {
                         if stop.is_cancelled() {
                             break;
                         }
-                        let (key, value) = (format!("c{client}.k{}", n % keys), n as f64);
+                        let (key, value) = (format!("{prefix}{client}.k{}", n % keys), n as f64);
                         let started = Instant::now();
-                        let outcome = http
+                        let sent = http
                             .post(&url)
                             .header("Content-Type", "application/json")
                             .body(serde_json::json!({ &key: value }).to_string())
                             .send()
-                            .await
-                            .map(|response| response.status().as_u16())
-                            .map_err(|err| format!("{err:?}"));
+                            .await;
+                        let (outcome, message) = match sent {
+                            Ok(response) if response.status() == 200 => (Ok(200), None),
+                            Ok(response) => {
+                                let status = response.status().as_u16();
+                                (Ok(status), response.text().await.ok())
+                            }
+                            Err(err) => (Err(format!("{err:?}")), None),
+                        };
                         let took = started.elapsed();
                         if outcome == Ok(200) {
                             count.send_modify(|acked| *acked += 1);
@@ -72,6 +92,7 @@ impl Writers {
                             key,
                             value,
                             outcome,
+                            message,
                             took,
                         });
                     }

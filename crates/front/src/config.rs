@@ -55,6 +55,13 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS", value_name = "N", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// Most writes and reads in flight at once; a request beyond it waits for a slot within its
+    /// deadline (RPC_TIMEOUT_MS), then gets 503. Bounds what this server holds while RabbitMQ is
+    /// slow or refuses messages.
+    #[arg(long, env = "MAX_IN_FLIGHT", value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
 }
 
 impl Config {

@@ -37,6 +37,7 @@ impl Application {
             uri,
             &config.amqp.queue,
             config.rpc_timeout(),
+            config.max_in_flight as usize,
             broker_shutdown.clone(),
         );
         let broker = Arc::new(broker);

@@ -9,7 +9,7 @@ mod settings;
 mod signal;
 mod telemetry;
 
-pub use lifecycle::{CLOSE_TIMEOUT, End, SETUP_TIMEOUT, Session, Supervisor, redact};
+pub use lifecycle::{CLOSE_TIMEOUT, Connections, End, SETUP_TIMEOUT, Session, Supervisor, redact};
 pub use settings::{AmqpSettings, DEFAULT_AMQP_URL, parse_with_config_file};
 pub use signal::shutdown_signal;
 pub use telemetry::{

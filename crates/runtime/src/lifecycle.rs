@@ -6,12 +6,20 @@
 //! What differs between the servers is their [`Session`]: the channels they open and the work
 //! they do on them. The front-server publishes requests and routes replies; the back-server
 //! consumes, applies and acks.
+//!
+//! During a resource alarm (memory or disk), RabbitMQ stops reading from every connection that
+//! publishes, and lapin then holds all of that connection's outgoing frames, acks included. A
+//! session that must keep acking while it cannot publish (the back-server, which drains the queue
+//! even when the alarm is caused by the queue's own backlog) asks for a second connection that
+//! does the publishing ([`Session::SEPARATE_PUBLISHER`]). Every session is told whether its
+//! publishing connection is blocked, and why ([`Connections::blocked`]).
 
 use crate::AmqpSettings;
 use futures_util::StreamExt;
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, Event};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Pause before reconnecting after a connection that did work dropped; the connect loop backs off
@@ -69,6 +77,23 @@ pub enum End<F> {
     Fatal(F),
 }
 
+/// The connections a session works on, which the supervisor opened and will close.
+pub struct Connections {
+    /// The connection that consumes and acks (and publishes, unless there is a second one).
+    pub consume: Connection,
+    separate_publisher: Option<Connection>,
+    /// Why RabbitMQ blocks the publishing connection right now (a resource alarm), or `None`.
+    /// RabbitMQ says so only when the connection next publishes after the alarm began.
+    pub blocked: watch::Receiver<Option<String>>,
+}
+
+impl Connections {
+    /// The connection that publishes: a connection of its own if the session asked for one.
+    pub fn publish(&self) -> &Connection {
+        self.separate_publisher.as_ref().unwrap_or(&self.consume)
+    }
+}
+
 /// What a server does with a connection: the only part of the lifecycle that differs between
 /// the servers.
 ///
@@ -80,12 +105,14 @@ pub trait Session: Send {
     type Link: Send;
     /// The error that ends the server, carried by [`End::Fatal`].
     type Fatal: Send;
+    /// Whether to publish on a connection of its own (see the module docs).
+    const SEPARATE_PUBLISHER: bool = false;
 
     /// Opens channels, declares the topology, starts consumers. The supervisor gives it
-    /// [`SETUP_TIMEOUT`]; an error or a timeout is retried on a new connection.
+    /// [`SETUP_TIMEOUT`]; an error or a timeout is retried on new connections.
     fn open(
         &mut self,
-        connection: &Connection,
+        connections: &Connections,
     ) -> impl Future<Output = lapin::Result<Self::Link>> + Send;
 
     /// Does the server's work on `link` until `shutdown` is cancelled, the link breaks or a fatal
@@ -141,67 +168,125 @@ impl Supervisor {
 
     /// Runs `session` on one connection after another until shutdown (`Ok`) or a fatal error.
     pub async fn run<S: Session>(self, mut session: S) -> Result<(), S::Fatal> {
-        let mut connections = 0u64;
-        while let Some(connection) =
-            connect_with_backoff(&self.uri, &self.connection_name, &self.shutdown).await
-        {
-            connections += 1;
-            if connections > 1 {
+        let mut opened = 0u64;
+        loop {
+            let Some((connections, blocked)) = self.connect::<S>().await else {
+                return Ok(());
+            };
+            opened += 1;
+            if opened > 1 {
                 metrics::counter!(RECONNECTS, "server" => self.server).increment(1);
             }
-            // Listening starts before the setup, so no failure during it goes unheard.
-            let failure = connection_failure(&connection);
-            let end = match tokio::time::timeout(SETUP_TIMEOUT, session.open(&connection)).await {
-                Ok(Ok(mut link)) => {
-                    let end = tokio::select! {
-                        biased;
-                        reason = failure => End::Lost(format!("the connection failed: {reason}")),
-                        end = session.run(&mut link, &self.shutdown) => end,
-                    };
-                    session.detach();
-                    if let End::Shutdown = end {
-                        match tokio::time::timeout(CLOSE_TIMEOUT, session.close(link)).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(err)) => tracing::debug!(%err, "closing the channels failed"),
-                            Err(_) => tracing::warn!(
-                                "RabbitMQ did not acknowledge closing the channels in time"
-                            ),
-                        }
-                    }
-                    end
-                }
-                Ok(Err(err)) => {
-                    session.detach();
-                    End::Lost(format!("cannot set up the link: {err}"))
-                }
-                Err(_) => {
-                    session.detach();
-                    End::Lost(format!(
-                        "RabbitMQ did not finish setting up the link within {SETUP_TIMEOUT:?}"
-                    ))
+            let end = self.serve(&mut session, &connections, &blocked).await;
+            let all = [
+                Some(&connections.consume),
+                connections.separate_publisher.as_ref(),
+            ];
+            let goodbye = match end {
+                End::Shutdown => self.goodbye("shutting down"),
+                End::Fatal(_) => self.goodbye("failed"),
+                End::Lost(ref reason) => {
+                    tracing::warn!(%reason, "lost the RabbitMQ link; reconnecting");
+                    self.goodbye("reconnecting")
                 }
             };
+            // At once, not one after the other: each may take its whole bound.
+            let closes = all
+                .into_iter()
+                .flatten()
+                .map(|connection| close_connection(connection, &goodbye));
+            futures_util::future::join_all(closes).await;
             match end {
                 End::Shutdown => {
-                    close_connection(&connection, &self.goodbye("shutting down")).await;
                     tracing::info!("closed the RabbitMQ connection");
                     return Ok(());
                 }
-                End::Fatal(err) => {
-                    close_connection(&connection, &self.goodbye("failed")).await;
-                    return Err(err);
-                }
-                End::Lost(reason) => {
-                    tracing::warn!(%reason, "lost the RabbitMQ link; reconnecting");
-                    close_connection(&connection, &self.goodbye("reconnecting")).await;
-                }
+                End::Fatal(err) => return Err(err),
+                End::Lost(_) => {}
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
             }
         }
-        Ok(())
+    }
+
+    /// Connects the session's connection, and its publishing one if it asks for a second; returns
+    /// them with the sender of their `blocked` state, or `None` if shutdown came first.
+    async fn connect<S: Session>(&self) -> Option<(Connections, watch::Sender<Option<String>>)> {
+        let consume =
+            connect_with_backoff(&self.uri, &self.connection_name, &self.shutdown).await?;
+        let separate_publisher = if S::SEPARATE_PUBLISHER {
+            let name = format!("{} publisher", self.connection_name);
+            match connect_with_backoff(&self.uri, &name, &self.shutdown).await {
+                Some(publisher) => Some(publisher),
+                None => {
+                    close_connection(&consume, &self.goodbye("shutting down")).await;
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        let (sender, blocked) = watch::channel(None);
+        let connections = Connections {
+            consume,
+            separate_publisher,
+            blocked,
+        };
+        Some((connections, sender))
+    }
+
+    /// Sets up the session on `connections` and runs it until it ends, or until a connection
+    /// fails; closes the session's channels at shutdown.
+    async fn serve<S: Session>(
+        &self,
+        session: &mut S,
+        connections: &Connections,
+        blocked: &watch::Sender<Option<String>>,
+    ) -> End<S::Fatal> {
+        // Listening starts before the setup, so no failure during it goes unheard.
+        let publisher = connections.separate_publisher.as_ref();
+        let consume_failure =
+            watch_connection(&connections.consume, publisher.is_none().then_some(blocked));
+        let publish_failure = publisher.map(|publisher| watch_connection(publisher, Some(blocked)));
+        let failure = async {
+            match publish_failure {
+                None => consume_failure.await,
+                Some(publish_failure) => tokio::select! {
+                    reason = consume_failure => reason,
+                    reason = publish_failure => format!("the publishing connection: {reason}"),
+                },
+            }
+        };
+        let end = match tokio::time::timeout(SETUP_TIMEOUT, session.open(connections)).await {
+            Ok(Ok(mut link)) => {
+                let end = tokio::select! {
+                    biased;
+                    reason = failure => End::Lost(format!("the connection failed: {reason}")),
+                    end = session.run(&mut link, &self.shutdown) => end,
+                };
+                session.detach();
+                if let End::Shutdown = end {
+                    match tokio::time::timeout(CLOSE_TIMEOUT, session.close(link)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => tracing::debug!(%err, "closing the channels failed"),
+                        Err(_) => {
+                            tracing::warn!(
+                                "RabbitMQ did not acknowledge closing the channels in time"
+                            )
+                        }
+                    }
+                }
+                return end;
+            }
+            Ok(Err(err)) => End::Lost(format!("cannot set up the link: {err}")),
+            Err(_) => End::Lost(format!(
+                "RabbitMQ did not finish setting up the link within {SETUP_TIMEOUT:?}"
+            )),
+        };
+        session.detach();
+        end
     }
 
     /// The reason given to RabbitMQ when closing, shown in its log: `front-server shutting down`.
@@ -247,20 +332,33 @@ async fn connect_with_backoff(
 }
 
 /// Completes when `connection` fails (I/O error, missed heartbeats, closed by RabbitMQ) and
-/// returns why. Call it right after connecting: it hears only what happens after the call.
+/// returns why; meanwhile reports in `blocked` whether RabbitMQ blocks it from publishing. Hears
+/// only what happens after the call, so call it before using the connection.
 ///
 /// A server must not learn of a dead connection only from the next operation on it: a consumer
 /// waiting for deliveries, or a confirm or ack already sent, may never hear back.
-fn connection_failure(connection: &Connection) -> impl Future<Output = String> + Send + 'static {
+fn watch_connection(
+    connection: &Connection,
+    blocked: Option<&watch::Sender<Option<String>>>,
+) -> impl Future<Output = String> + Send {
+    // lapin hands each event to one listener only: this is the connection's one listener.
     let mut events = connection.events_listener();
     async move {
         while let Some(event) = events.next().await {
             match event {
                 Event::Error(err) => return err.to_string(),
                 Event::ConnectionBlocked(reason) => {
-                    tracing::warn!(%reason, "RabbitMQ blocks publishing (a resource alarm); writes wait")
+                    tracing::warn!(%reason, "RabbitMQ blocks publishing (a resource alarm)");
+                    if let Some(blocked) = blocked {
+                        blocked.send_replace(Some(reason));
+                    }
                 }
-                Event::ConnectionUnblocked => tracing::info!("RabbitMQ unblocked publishing"),
+                Event::ConnectionUnblocked => {
+                    tracing::info!("RabbitMQ unblocked publishing");
+                    if let Some(blocked) = blocked {
+                        blocked.send_replace(None);
+                    }
+                }
                 _ => {}
             }
         }

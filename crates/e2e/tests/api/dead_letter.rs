@@ -54,3 +54,49 @@ async fn a_malformed_message_is_dead_lettered_and_the_next_write_is_applied() {
     let _ = connection.close(200, "done".into()).await;
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_loses_its_expiration_and_stays_until_someone_takes_it() {
+    // Arrange: an unparseable read-like message, which would carry the read deadline.
+    let app = spawn_app().await;
+    let (connection, channel) = app.publisher().await;
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            app.queue.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            b"{\"op\":\"get\"}",
+            lapin::BasicProperties::default()
+                .with_message_id("expiring".into())
+                .with_expiration("60000".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+
+    // Act: the back-server dead-letters it.
+    let dead = kv_protocol::dead_letter_queue(&app.queue);
+    let started = Instant::now();
+    let kept = loop {
+        assert!(started.elapsed() < PATIENCE, "never dead-lettered");
+        match channel
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(message) => break message.delivery,
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+
+    // Assert: a dead letter waits for a person, not for the read's deadline.
+    assert_eq!(kept.properties.expiration(), &None);
+    assert_eq!(
+        kept.properties.message_id().as_ref().map(|id| id.as_str()),
+        Some("expiring")
+    );
+    let _ = connection.close(200, "done".into()).await;
+    app.shutdown().await;
+}

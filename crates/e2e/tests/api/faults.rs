@@ -3,9 +3,8 @@
 //! (The broker restart lives in its own test binary, `tests/broker_restart.rs`: it must run alone.)
 
 use crate::proxy::Proxy;
-use kv_e2e::app::{
-    Options, PATIENCE, TestApp, eventually, json, rabbitmqctl, spawn_app, spawn_app_with,
-};
+use kv_e2e::app::{Options, PATIENCE, TestApp, eventually, json, spawn_app, spawn_app_with};
+use kv_e2e::broker_faults::close_connections_of;
 use kv_e2e::writers::{Writers, assert_none_slower_than, audit};
 use kv_protocol::{DEAD_REASON_HEADER, Key, Request, dead_letter_queue};
 use lapin::options::BasicGetOptions;
@@ -108,26 +107,6 @@ fn broker_address() -> std::net::SocketAddr {
         host => host,
     };
     format!("{host}:{}", uri.authority.port).parse().unwrap()
-}
-
-/// Closes, from the broker's side, every connection named after `queue`; returns how many.
-pub fn close_connections_of(queue: &str) -> usize {
-    let listing = rabbitmqctl(&[
-        "list_connections",
-        "pid",
-        "client_properties",
-        "--no-table-headers",
-        "-q",
-    ]);
-    let ours: Vec<&str> = listing
-        .lines()
-        .filter(|line| line.contains(&format!("server ({queue})\"")))
-        .filter_map(|line| line.split('\t').next())
-        .collect();
-    for pid in &ours {
-        rabbitmqctl(&["close_connection", pid, "closed by a fault-injection test"]);
-    }
-    ours.len()
 }
 
 /// Reads `key` until the back-server answers (it may be reconnecting); returns the value.
@@ -293,6 +272,45 @@ async fn a_batch_redelivered_after_a_crash_between_commit_and_ack_ends_the_same(
     assert_eq!((status, &body["data"]), (200, &serde_json::json!(2.0)));
     assert_eq!(app.messages_in(&app.queue).await, 0);
     assert_eq!(app.messages_in(&dead_letter_queue(&app.queue)).await, 0);
+    assert_eq!(app.redelivery_counts(), 0, "redelivery counts left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_redelivered_after_a_dropped_link_leave_no_redelivery_counts_behind() {
+    // Arrange: a backlog, and a back-server frozen with part of it in hand, unacked.
+    let app = spawn_app_with(Options::front_only()).await;
+    for n in 0..200 {
+        app.put(&format!("k{n}"), f64::from(n)).await;
+    }
+    let back = app.start_back_process(&[("PREFETCH", "100")]).await;
+    back.wait_for_log("consuming").await;
+    back.signal("STOP");
+
+    // Act: RabbitMQ drops its link (the front-server's too), and hands back what it held,
+    // marked redelivered.
+    assert!(close_connections_of(&app.queue) >= 1);
+    back.signal("CONT");
+
+    // Assert: everything applied, and every redelivered message's count dropped with it.
+    eventually("all 200 writes are in SQLite", || async {
+        match app.db_row_count() {
+            200 => Ok(()),
+            rows => Err(format!("{rows} rows")),
+        }
+    })
+    .await;
+    eventually("no redelivery count is left", || async {
+        match app.redelivery_counts() {
+            0 => Ok(()),
+            rows => Err(format!("{rows} rows")),
+        }
+    })
+    .await;
+    assert!(
+        back.log().contains("lost the RabbitMQ link"),
+        "the link never dropped, so this test proved nothing:\n{}",
+        back.log()
+    );
 }
 
 #[tokio::test]
@@ -375,4 +393,68 @@ async fn wait_for_messages(app: &TestApp, queue: &str, count: u32) {
         }
     })
     .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_write_routed_nowhere_gets_200_when_the_queue_is_deleted_under_load() {
+    // Arrange: 32 writers, each write under a key of its own, then a pause: with nothing in
+    // flight and no back-server, every write acknowledged so far is in SQLite or in the queue.
+    let mut app = spawn_app().await;
+    let before = Writers::start_named("before", &app.address, 32, usize::MAX, usize::MAX);
+    before.wait_for_acked(300).await;
+    app.stop_back().await;
+    let before = before.stop().await;
+
+    // Act: an operator deletes the request queue, and 32 writers write at once: the first
+    // writes are routed nowhere (returned), until the front-server declares the queue again.
+    let (connection, channel) = app.broker().await;
+    let deleted = channel
+        .queue_delete(
+            app.queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the request queue");
+    let _ = connection.close(200, "done".into()).await;
+    let after = Writers::start_named("after", &app.address, 32, usize::MAX, usize::MAX);
+    after.wait_for_acked(300).await;
+    let after = after.stop().await;
+    app.start_back().await;
+
+    // Assert: every write acknowledged after the deletion is in SQLite: one that was returned
+    // and still got 200 would be missing. Of those before it, only the deleted queue's may be.
+    let missing = |attempts: &[kv_e2e::writers::Attempt]| {
+        let values = app.db_values();
+        attempts
+            .iter()
+            .filter(|attempt| attempt.acked() && !values.contains_key(&attempt.key))
+            .count()
+    };
+    audit(&app, &after).await;
+    assert!(
+        missing(&before) as u32 <= deleted,
+        "{} acknowledged writes missing, the deleted queue held {deleted}",
+        missing(&before)
+    );
+    let returned = after
+        .iter()
+        .filter(|attempt| {
+            attempt
+                .message
+                .as_deref()
+                .is_some_and(|message| message.contains("no queue named"))
+        })
+        .count();
+    assert!(
+        returned > 0,
+        "no write was routed nowhere: this test proved nothing"
+    );
+    for attempt in before
+        .iter()
+        .chain(&after)
+        .filter(|attempt| !attempt.acked())
+    {
+        assert_eq!(attempt.outcome, Ok(503), "{attempt:?}");
+    }
+    app.shutdown().await;
 }

@@ -11,6 +11,7 @@ mod faults;
 mod group_commit;
 mod health;
 mod hostile;
+mod in_flight;
 mod late_reply;
 mod logs;
 mod metrics;

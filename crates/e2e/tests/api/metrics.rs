@@ -2,8 +2,9 @@
 //! each runs in a process of its own, so each `/metrics` holds that server's series alone (in
 //! this process every in-process server would share one recorder).
 
-use crate::faults::{close_connections_of, set_file_size_limit};
+use crate::faults::set_file_size_limit;
 use kv_e2e::app::{Options, PATIENCE, TestApp, eventually, json, spawn_app_with};
+use kv_e2e::broker_faults::close_connections_of;
 use kv_e2e::server::ServerProcess;
 use serde_json::json;
 use std::collections::HashMap;

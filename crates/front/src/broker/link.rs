@@ -7,10 +7,10 @@ use super::publisher::{self, Write};
 use super::replies::PendingReplies;
 use futures_util::StreamExt;
 use kv_protocol::{DIRECT_REPLY_TO, Reply, declare_topology};
-use kv_runtime::End;
+use kv_runtime::{Connections, End};
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer};
+use lapin::{Channel, Consumer};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,8 @@ pub(super) struct Link {
     pub(super) publisher: mpsc::Sender<Write>,
     pub(super) writes: Channel,
     pub(super) reads: Channel,
+    /// Why RabbitMQ blocks this link's connection from publishing (a resource alarm), if it does.
+    pub(super) blocked: watch::Receiver<Option<String>>,
 }
 
 /// The front-server's side of the connection lifecycle ([`kv_runtime::Session`]): opens the two
@@ -38,6 +40,8 @@ pub(super) struct Session {
     pub(super) broken: watch::Receiver<u64>,
     /// Counts links since start, so a failure report about an old link is not taken for the new.
     pub(super) generation: u64,
+    /// Most writes and reads in flight at once (`MAX_IN_FLIGHT`).
+    pub(super) max_in_flight: usize,
 }
 
 /// What [`open`](kv_runtime::Session::open) sets up on a connection: the link requests use, and the reply consumer.
@@ -50,14 +54,22 @@ impl kv_runtime::Session for Session {
     type Link = Opened;
     type Fatal = std::convert::Infallible;
 
-    async fn open(&mut self, connection: &Connection) -> lapin::Result<Opened> {
+    async fn open(&mut self, connections: &Connections) -> lapin::Result<Opened> {
         self.generation += 1;
+        // One connection: the front-server has nothing to ack, and direct reply-to needs the
+        // replies consumed on the channel that publishes the reads.
+        let connection = &connections.consume;
         let writes = connection.create_channel().await?;
         declare_topology(&writes, &self.queue).await?;
         writes
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let publisher = publisher::spawn(writes.clone(), &self.queue);
+        let publisher = publisher::spawn(
+            writes.clone(),
+            &self.queue,
+            self.max_in_flight,
+            connections.blocked.clone(),
+        );
         let reads = connection.create_channel().await?;
         // Direct reply-to must be consumed in no-ack mode, before the first read is published.
         let no_ack = BasicConsumeOptions {
@@ -77,6 +89,7 @@ impl kv_runtime::Session for Session {
             publisher,
             writes,
             reads,
+            blocked: connections.blocked.clone(),
         };
         Ok(Opened {
             link: Arc::new(link),

@@ -19,17 +19,18 @@ pub use error::BrokerError;
 
 use kv_protocol::{DIRECT_REPLY_TO, Key, REQUEST_ID_HEADER, Reply, Request};
 use kv_runtime::Supervisor;
+use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
-use lapin::{BasicProperties, Confirmation};
 use link::{Link, Session};
-use publisher::Write;
+use publisher::{Unpublished, Verdict, Write};
 use replies::PendingReplies;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const PERSISTENT: u8 = 2;
@@ -70,6 +71,10 @@ pub struct Broker {
     deadline: Duration,
     /// The read deadline as an AMQP `expiration`, formatted once.
     expiration: ShortString,
+    /// A permit per request in flight, so that what waits in this process is bounded: a flood
+    /// while RabbitMQ cannot keep up (or refuses, in an alarm) waits here, then gets `503`.
+    in_flight: Semaphore,
+    max_in_flight: usize,
     _stop_supervisor: tokio_util::sync::DropGuard,
 }
 
@@ -80,6 +85,7 @@ impl Broker {
         uri: AMQPUri,
         queue: &str,
         deadline: Duration,
+        max_in_flight: usize,
         shutdown: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let (link_sender, link) = watch::channel(None);
@@ -95,6 +101,7 @@ impl Broker {
             replies: replies.clone(),
             broken: broken.subscribe(),
             generation: 0,
+            max_in_flight,
         };
         let supervisor = Supervisor::new(uri, "front", queue, shutdown);
         let task = tokio::spawn(async move {
@@ -108,6 +115,8 @@ impl Broker {
             queue: queue.into(),
             deadline,
             expiration: deadline.as_millis().to_string().into(),
+            in_flight: Semaphore::new(max_in_flight),
+            max_in_flight,
         };
         (broker, task)
     }
@@ -120,24 +129,57 @@ impl Broker {
         }
     }
 
-    /// Whether a link to RabbitMQ is up right now, i.e. requests would not get `503` for lack of it.
-    pub fn is_connected(&self) -> bool {
-        self.link.borrow().is_some()
+    /// Whether requests can be served now, or why not: no link to RabbitMQ, or RabbitMQ blocks
+    /// publishing.
+    pub fn readiness(&self) -> Result<(), String> {
+        match self.current() {
+            Ok(_) => Ok(()),
+            Err(BrokerError::Blocked(alarm)) => Err(format!(
+                "RabbitMQ refuses new messages while a resource alarm is on ({alarm})"
+            )),
+            Err(_) => Err("no working connection to RabbitMQ".into()),
+        }
     }
 
+    /// The current link, if requests can use it.
     fn current(&self) -> Result<Arc<Link>, BrokerError> {
-        self.link
+        let link = self
+            .link
             .borrow()
             .clone()
-            .ok_or(BrokerError::Unavailable("not connected"))
+            .ok_or(BrokerError::Unavailable("not connected"))?;
+        if let Some(alarm) = link.blocked.borrow().clone() {
+            return Err(BrokerError::Blocked(alarm));
+        }
+        Ok(link)
+    }
+
+    /// Waits for a permit to have a request in flight, until the deadline; returns it with the
+    /// time left for the request itself. A permit that comes with less than a tenth of the
+    /// deadline left is given back: a request sent that late could hardly be answered in time,
+    /// and `503` says why better than a `504` would.
+    async fn admit(&self) -> Result<(tokio::sync::SemaphorePermit<'_>, Duration), BrokerError> {
+        let started = Instant::now();
+        let permit = tokio::time::timeout(self.deadline, self.in_flight.acquire())
+            .await
+            .map_err(|_| BrokerError::Busy(self.max_in_flight))?
+            .expect("the semaphore is never closed");
+        let left = self.deadline.saturating_sub(started.elapsed());
+        if left < self.deadline / 10 {
+            return Err(BrokerError::Busy(self.max_in_flight));
+        }
+        Ok((permit, left))
     }
 
     /// Publishes a durable write and returns once RabbitMQ has confirmed it.
     /// `request_id` travels in the message's headers, for the back-server's logs.
     pub async fn write(&self, key: Key, value: f64, request_id: &str) -> Result<(), BrokerError> {
+        self.current()?;
+        let (_permit, left) = self.admit().await?;
+        // Again: the link may have changed, or been blocked, while this request waited.
         let link = self.current()?;
         let generation = link.generation;
-        let (done, confirmed) = oneshot::channel();
+        let (done, verdict) = oneshot::channel();
         let write = Write {
             body: Request::Put { key, value }.to_vec(),
             id: message_id(),
@@ -149,45 +191,49 @@ impl Broker {
                 .send(write)
                 .await
                 .map_err(|_| BrokerError::Unavailable("the write publisher has stopped"))?;
-            confirmed
+            verdict
                 .await
                 .map_err(|_| BrokerError::Unavailable("the write publisher has stopped"))?
-                .map_err(|err| {
-                    count_confirm("error");
-                    self.link_failed(generation, err)
+                .map_err(|unpublished| match unpublished {
+                    Unpublished::Blocked(alarm) => BrokerError::Blocked(alarm),
+                    Unpublished::Link(err) => {
+                        count_confirm("error");
+                        self.link_failed(generation, err)
+                    }
                 })
         };
-        let confirmation = tokio::time::timeout(self.deadline, call)
-            .await
-            .map_err(|_| {
-                count_confirm("timeout");
-                BrokerError::Unconfirmed(self.deadline.as_millis() as u64)
-            })??;
-        match confirmation {
-            Confirmation::Ack(None) => {
+        let verdict = tokio::time::timeout(left, call).await.map_err(|_| {
+            count_confirm("timeout");
+            let ms = self.deadline.as_millis() as u64;
+            match link.blocked.borrow().clone() {
+                Some(alarm) => BrokerError::UnconfirmedInAlarm { ms, alarm },
+                None => BrokerError::Unconfirmed(ms),
+            }
+        })??;
+        match verdict {
+            Verdict::Acked => {
                 count_confirm("ack");
                 Ok(())
             }
-            Confirmation::Ack(Some(_)) => {
+            Verdict::Returned => {
                 count_confirm("returned");
                 // Someone deleted the queue: rebuilding the link declares it again.
-                self.broken.send_replace(generation);
+                report_broken(&self.broken, generation);
                 Err(BrokerError::Returned {
                     queue: self.queue.to_string(),
                 })
             }
-            Confirmation::Nack(_) => {
+            Verdict::Nacked => {
                 count_confirm("nack");
                 Err(BrokerError::Nacked)
             }
-            Confirmation::NotRequested => Err(BrokerError::Unavailable(
-                "the write channel is not in confirm mode",
-            )),
         }
     }
 
     /// Asks the back-server for the value under `key` and waits for its reply until the deadline.
     pub async fn read(&self, key: &Key, request_id: &str) -> Result<Option<f64>, BrokerError> {
+        self.current()?;
+        let (_permit, left) = self.admit().await?;
         let link = self.current()?;
         let mut waiting = self.replies.register();
         let properties = json_properties()
@@ -211,12 +257,10 @@ impl Broker {
             tracing::debug!("read published; waiting for the back-server's reply");
             waiting.reply().await
         };
-        let reply = tokio::time::timeout(self.deadline, call)
-            .await
-            .map_err(|_| {
-                metrics::counter!(READS_TIMED_OUT).increment(1);
-                BrokerError::NoReply(self.deadline.as_millis() as u64)
-            })??;
+        let reply = tokio::time::timeout(left, call).await.map_err(|_| {
+            metrics::counter!(READS_TIMED_OUT).increment(1);
+            BrokerError::NoReply(self.deadline.as_millis() as u64)
+        })??;
         Ok(match reply {
             Reply::Found { value } => Some(value),
             Reply::NotFound => None,
@@ -224,9 +268,22 @@ impl Broker {
     }
 
     fn link_failed(&self, generation: u64, err: lapin::Error) -> BrokerError {
-        self.broken.send_replace(generation);
+        report_broken(&self.broken, generation);
         BrokerError::LinkFailed(err)
     }
+}
+
+/// Tells the session that the link of `generation` is broken, unless a newer link was reported
+/// already: a request that found an old link broken must not make the session wait for that old
+/// generation again, and so miss the report about the current one.
+fn report_broken(broken: &watch::Sender<u64>, generation: u64) {
+    broken.send_if_modified(|reported| {
+        let newer = generation > *reported;
+        if newer {
+            *reported = generation;
+        }
+        newer
+    });
 }
 
 fn json_properties() -> BasicProperties {
@@ -245,4 +302,22 @@ fn request_headers(request_id: &str) -> FieldTable {
 /// A unique id for each message: the back-server counts redeliveries by it (see its consumer).
 fn message_id() -> ShortString {
     uuid::Uuid::new_v4().hyphenated().to_string().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_report_about_an_old_link_does_not_hide_the_current_one() {
+        let broken = watch::Sender::new(0);
+        let session = broken.subscribe();
+
+        report_broken(&broken, 5);
+        report_broken(&broken, 4);
+        assert_eq!(*session.borrow(), 5);
+
+        report_broken(&broken, 6);
+        assert_eq!(*session.borrow(), 6);
+    }
 }

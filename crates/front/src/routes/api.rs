@@ -64,11 +64,14 @@ fn success<T>(data: T) -> Json<Success<T>> {
             example = json!(super::docs::failure(ApiError::UnsupportedMediaType))),
         (status = 500, description = super::docs::UNEXPECTED, body = Failure,
             example = json!(super::docs::failure(super::docs::unexpected()))),
-        (status = 503, description = "RabbitMQ is unreachable, or it refused or did not confirm the write in time: the write was not acknowledged, retry it", body = Failure,
+        (status = 503, description = "The write was not acknowledged. Most messages say it was not processed: RabbitMQ is unreachable, refused it, routed it nowhere, refuses new messages during a resource alarm (answered at once, never sent), or `MAX_IN_FLIGHT` requests were in flight until the deadline. When RabbitMQ did not confirm it in time, the message says so: it may still be applied (after an alarm clears, say), and retrying is safe", body = Failure,
             examples(
                 ("unreachable" = (value = json!(super::docs::failure(BrokerError::Unavailable("not connected").into())))),
                 ("refused" = (value = json!(super::docs::failure(BrokerError::Nacked.into())))),
+                ("alarm" = (value = json!(super::docs::failure(BrokerError::Blocked("low on disk".into()).into())))),
+                ("busy" = (value = json!(super::docs::failure(BrokerError::Busy(1024).into())))),
                 ("unconfirmed" = (value = json!(super::docs::failure(BrokerError::Unconfirmed(5000).into())))),
+                ("unconfirmed in an alarm" = (value = json!(super::docs::failure(BrokerError::UnconfirmedInAlarm { ms: 5000, alarm: "low on disk".into() }.into())))),
             )),
     )
 )]
@@ -104,8 +107,12 @@ async fn write(
             example = json!(super::docs::failure(ApiError::KeyNotFound(Key::parse("humidity").expect("a valid key"))))),
         (status = 500, description = super::docs::UNEXPECTED, body = Failure,
             example = json!(super::docs::failure(super::docs::unexpected()))),
-        (status = 503, description = "RabbitMQ is unreachable, or the link dropped before the reply", body = Failure,
-            example = json!(super::docs::failure(BrokerError::Unavailable("not connected").into()))),
+        (status = 503, description = "RabbitMQ is unreachable, the link dropped before the reply, RabbitMQ refuses new messages during a resource alarm (answered at once), or `MAX_IN_FLIGHT` requests were in flight until the deadline", body = Failure,
+            examples(
+                ("unreachable" = (value = json!(super::docs::failure(BrokerError::Unavailable("not connected").into())))),
+                ("alarm" = (value = json!(super::docs::failure(BrokerError::Blocked("low on disk".into()).into())))),
+                ("busy" = (value = json!(super::docs::failure(BrokerError::Busy(1024).into())))),
+            )),
         (status = 504, description = "No reply from the back-server within `RPC_TIMEOUT_MS` (the number in the message)", body = Failure,
             example = json!(super::docs::failure(BrokerError::NoReply(5000).into()))),
     )

@@ -53,8 +53,8 @@ async fn health() -> Json<probe::Probe> {
 
 /// Readiness
 ///
-/// `200` only while the server holds a working RabbitMQ link, so that a load balancer sends
-/// traffic elsewhere while it would answer `503`.
+/// `200` only while the server holds a working RabbitMQ link that RabbitMQ does not block (a
+/// resource alarm), so that a load balancer sends traffic elsewhere while it would answer `503`.
 #[utoipa::path(
     get,
     path = "/ready",
@@ -62,14 +62,10 @@ async fn health() -> Json<probe::Probe> {
     responses(
         (status = 200, description = "Requests can be served", body = Probe,
             example = json!({"status": "ready"})),
-        (status = 503, description = "No working connection to RabbitMQ", body = Probe,
+        (status = 503, description = "No working connection to RabbitMQ, or RabbitMQ refuses new messages (a resource alarm)", body = Probe,
             example = json!({"status": "not ready", "reason": "no working connection to RabbitMQ"})),
     )
 )]
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<probe::Probe>) {
-    probe::readiness(if state.broker.is_connected() {
-        Ok(())
-    } else {
-        Err("no working connection to RabbitMQ".into())
-    })
+    probe::readiness(state.broker.readiness())
 }

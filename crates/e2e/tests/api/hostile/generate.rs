@@ -1,38 +1,10 @@
-//! The seeded generator of hostile cases. Each draw from [`Rng`] happens in a fixed order, so a
+//! The seeded generator of hostile cases. Each draw from [`Rng`](kv_e2e::rng::Rng) happens in a fixed order, so a
 //! seed replays the same requests byte for byte; keep that order when changing anything here.
 //! [`generate`] picks a case's mix of requests: [`framed_part`]s, which keep HTTP's framing, then
 //! one [`last_part`], which may break it.
 
 use super::case::{BAD_PAIR, BAD_QUERY, BAD_TYPE, BODY_LIMIT, Case, Expect, NOT_JSON, Part};
-
-/// SplitMix64: a tiny seeded generator, so that a seed replays a run exactly.
-pub struct Rng(pub u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
+pub use kv_e2e::rng::Rng;
 
 /// A request head under construction; raw bytes, so that it can hold what a client should not.
 pub struct Req(Vec<u8>);
@@ -178,11 +150,11 @@ pub fn key_pool(rng: &mut Rng, worker: usize) -> Vec<String> {
 /// A JSON number literal and the value it denotes.
 fn number(rng: &mut Rng) -> (String, f64) {
     let literal = match rng.below(6) {
-        0 => ((rng.next() as i64) % 1_000_000).to_string(),
+        0 => ((rng.next_u64() as i64) % 1_000_000).to_string(),
         1 => format!("{}.{:03}", rng.below(1000), rng.below(1000)),
         2 => format!("-{}e{}", 1 + rng.below(99), rng.below(600) as i64 - 300),
         3 => {
-            let value = f64::from_bits(rng.next());
+            let value = f64::from_bits(rng.next_u64());
             if value.is_finite() {
                 serde_json::to_string(&value).unwrap()
             } else {
@@ -192,7 +164,7 @@ fn number(rng: &mut Rng) -> (String, f64) {
         4 => rng
             .pick(&["0", "-0", "0.0", "1E2", "1e-2", "-0.0e0"])
             .to_string(),
-        _ => rng.next().to_string(),
+        _ => rng.next_u64().to_string(),
     };
     let value = literal.parse().expect("a valid literal");
     (literal, value)
