@@ -13,7 +13,7 @@ use kv_bench::soak::{self, Record};
 use kv_bench::system::{self, Settings};
 use kv_e2e::app::rabbitmqctl;
 use kv_e2e::broker_faults::{DiskAlarm, close_connections_of};
-use kv_e2e::queues::{delete_queues, ready_messages};
+use kv_e2e::queues::{delete_queues_now, ready_messages};
 use kv_e2e::rng::Rng;
 use kv_e2e::server::ServerProcess;
 use std::collections::BTreeMap;
@@ -152,27 +152,30 @@ impl System {
         }
     }
 
-    /// How long until a write goes through every front-server again.
+    /// How long until every front-server takes a write and answers a read again (a read needs
+    /// the back-server too).
     async fn heal_time(&self) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let http = reqwest::Client::new();
         for url in self.urls() {
-            loop {
-                let written = http
-                    .post(format!("{url}/api"))
+            let write = || {
+                http.post(format!("{url}/api"))
                     .header("Content-Type", "application/json")
                     .body(r#"{"soak.heal": 1}"#)
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await;
-                if written.is_ok_and(|response| response.status() == 200) {
-                    break;
+            };
+            let read = || http.get(format!("{url}/api?key=soak.heal"));
+            for request in [&write as &dyn Fn() -> reqwest::RequestBuilder, &read] {
+                loop {
+                    let answered = request().timeout(Duration::from_secs(10)).send().await;
+                    if answered.is_ok_and(|response| response.status() == 200) {
+                        break;
+                    }
+                    anyhow::ensure!(
+                        started.elapsed() < HEAL_WITHIN,
+                        "{url} did not serve within {HEAL_WITHIN:?} of the fault's end"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                anyhow::ensure!(
-                    started.elapsed() < HEAL_WITHIN,
-                    "{url} did not take writes within {HEAL_WITHIN:?} of the fault's end"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         Ok(started.elapsed())
@@ -196,6 +199,19 @@ impl System {
         }
         self.save_log(&self.back);
         Ok(())
+    }
+}
+
+/// The soak's queues, deleted however the soak ends (its logs and database stay in the work
+/// directory).
+struct Queues {
+    amqp_url: String,
+    names: Vec<String>,
+}
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        delete_queues_now(&self.amqp_url, std::mem::take(&mut self.names));
     }
 }
 
@@ -244,6 +260,10 @@ async fn main() -> anyhow::Result<()> {
         settings.amqp_url.clone(),
         settings.db_path.clone(),
     );
+    let _queues = Queues {
+        amqp_url: amqp_url.clone(),
+        names: vec![queue.clone(), kv_protocol::dead_letter_queue(&queue)],
+    };
     // Tests of this machine wait while the soak takes RabbitMQ away, and the soak waits for them.
     let _broker = kv_e2e::app::lock_broker(kv_e2e::app::Lock::Exclusive);
     let mut system = System::start(settings).await?;
@@ -297,11 +317,6 @@ async fn main() -> anyhow::Result<()> {
     let left = ready_messages(&amqp_url, &queue).await?;
     let stored = read_table(&db_path)?;
     let findings = soak::audit(&records, &stored, RPC_TIMEOUT + ALLOWANCE);
-    delete_queues(
-        &amqp_url,
-        &[queue.clone(), kv_protocol::dead_letter_queue(&queue)],
-    )
-    .await?;
 
     println!("kv-soak: seed {seed}, {} minutes", args.minutes);
     println!("| fault | injected | slowest return to service |");
