@@ -20,3 +20,27 @@ pub struct Broker {
     )]
     pub amqp_url: String,
 }
+
+/// Where the servers' release binaries are, for both binaries that run them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BinDir {
+    /// Where front-server and back-server are; by default, next to this binary.
+    #[arg(long)]
+    pub bin_dir: Option<std::path::PathBuf>,
+}
+
+impl BinDir {
+    /// The directory given, or this binary's own.
+    pub fn resolve(&self) -> anyhow::Result<std::path::PathBuf> {
+        match &self.bin_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => {
+                let exe = std::env::current_exe()?;
+                let dir = exe
+                    .parent()
+                    .ok_or_else(|| anyhow::anyhow!("{} has no directory", exe.display()))?;
+                Ok(dir.to_owned())
+            }
+        }
+    }
+}

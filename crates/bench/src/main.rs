@@ -20,9 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 struct Args {
     #[command(flatten)]
     broker: kv_bench::Broker,
-    /// Where front-server and back-server are; by default, next to this binary.
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    binaries: kv_bench::BinDir,
     /// Seconds of each measured run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -74,13 +73,7 @@ async fn main() -> anyhow::Result<()> {
         !args.connections.is_empty(),
         "--connections needs at least one count"
     );
-    let bin_dir = match args.bin_dir.clone() {
-        Some(dir) => dir,
-        None => std::env::current_exe()?
-            .parent()
-            .context("the binary's directory")?
-            .to_owned(),
-    };
+    let bin_dir = args.binaries.resolve()?;
     let work = tempfile::Builder::new().prefix("kv-bench.").tempdir()?;
     eprintln!(
         "kv-bench: working in {} (server logs are kept there on failure)",

@@ -7,7 +7,6 @@
 //! It stops and starts the local RabbitMQ's application and raises alarms on it: run it on a
 //! broker nothing else uses.
 
-use anyhow::Context;
 use clap::Parser;
 use kv_bench::soak::{self, Record};
 use kv_bench::system::{self, Settings};
@@ -17,27 +16,28 @@ use kv_e2e::queues::{delete_queues_now, ready_messages};
 use kv_e2e::rng::Rng;
 use kv_e2e::server::ServerProcess;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
+/// The chaos soak: the system under load and a seeded schedule of faults, then an audit of every
+/// request.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
     #[command(flatten)]
     broker: kv_bench::Broker,
-    /// Where front-server and back-server are; by default, next to this binary.
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    binaries: kv_bench::BinDir,
     /// How long the load and the faults go on.
     #[arg(long, default_value_t = 10)]
     minutes: u64,
     /// The schedule's seed; a seed replays the same schedule. Random by default.
     #[arg(long)]
     seed: Option<u64>,
-    /// Clients that write (each owns its keys) and clients that read.
+    /// Clients that write, each to keys of its own.
     #[arg(long, default_value_t = 8)]
     writers: usize,
+    /// Clients that read random keys of all writers.
     #[arg(long, default_value_t = 8)]
     readers: usize,
     /// Keys per writer.
@@ -230,13 +230,7 @@ async fn main() -> anyhow::Result<()> {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |time| time.as_nanos() as u64)
     });
-    let bin_dir = match args.bin_dir.clone() {
-        Some(dir) => dir,
-        None => std::env::current_exe()?
-            .parent()
-            .context("the binary's directory")?
-            .to_owned(),
-    };
+    let bin_dir = args.binaries.resolve()?;
     let work = tempfile::Builder::new()
         .prefix("kv-soak.")
         .tempdir()?
