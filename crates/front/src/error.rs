@@ -7,6 +7,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kv_protocol::Key;
 use serde::Serialize;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -49,9 +50,22 @@ pub enum ApiError {
 /// Every failure's body.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Failure<'a> {
-    #[schema(schema_with = crate::routes::docs::always_false)]
+    #[schema(schema_with = always_false)]
     pub success: bool,
     pub message: &'a str,
+}
+
+/// `success` in a failure body, for the OpenAPI document: always `false`.
+fn always_false() -> Schema {
+    constant(false)
+}
+
+/// The schema of a boolean that always has `value`.
+pub fn constant(value: bool) -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::Boolean)
+        .enum_values(Some([value]))
+        .into()
 }
 
 impl ApiError {

@@ -26,7 +26,7 @@ pub fn router() -> Router<AppState> {
 /// A success answer; `data` is what the operation returns.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct Success<T> {
-    #[schema(schema_with = super::docs::always_true)]
+    #[schema(schema_with = super::examples::always_true)]
     success: bool,
     data: T,
 }
@@ -53,25 +53,25 @@ fn success<T>(data: T) -> Json<Success<T>> {
             example = json!({"success": true, "data": "Value 21.5 stored for key 'temperature'"})),
         (status = 400, description = "The body is not JSON, or not exactly one `\"key\": number` pair with a valid key", body = Failure,
             examples(
-                ("not JSON" = (value = json!(super::docs::failure(ApiError::NotJson)))),
-                ("wrong shape" = (value = json!(super::docs::failure(ApiError::BadPair)))),
+                ("not JSON" = (value = json!(super::examples::failure(ApiError::NotJson)))),
+                ("wrong shape" = (value = json!(super::examples::failure(ApiError::BadPair)))),
             )),
         (status = 408, description = "The body did not arrive in full within `BODY_READ_TIMEOUT_MS` (the number in the message)", body = Failure,
-            example = json!(super::docs::failure(ApiError::BodyTimeout(10_000)))),
+            example = json!(super::examples::failure(ApiError::BodyTimeout(10_000)))),
         (status = 413, description = "The body is over `BODY_LIMIT_BYTES` (the number in the message)", body = Failure,
-            example = json!(super::docs::failure(ApiError::TooLarge(65_536)))),
+            example = json!(super::examples::failure(ApiError::TooLarge(65_536)))),
         (status = 415, description = "`Content-Type` is missing or not `application/json` (parameters such as `; charset=utf-8` are fine)", body = Failure,
-            example = json!(super::docs::failure(ApiError::UnsupportedMediaType))),
-        (status = 500, description = super::docs::UNEXPECTED, body = Failure,
-            example = json!(super::docs::failure(super::docs::unexpected()))),
+            example = json!(super::examples::failure(ApiError::UnsupportedMediaType))),
+        (status = 500, description = super::examples::UNEXPECTED, body = Failure,
+            example = json!(super::examples::failure(super::examples::unexpected()))),
         (status = 503, description = "The write was not acknowledged. Most messages say it was not processed: RabbitMQ is unreachable, refused it, routed it nowhere, refuses new messages during a resource alarm (answered at once, never sent), or `MAX_IN_FLIGHT` requests were in flight until the deadline. When RabbitMQ did not confirm it in time, the message says so: it may still be applied (after an alarm clears, say), and retrying is safe", body = Failure,
             examples(
-                ("unreachable" = (value = json!(super::docs::failure(BrokerError::Unavailable("not connected").into())))),
-                ("refused" = (value = json!(super::docs::failure(BrokerError::Nacked.into())))),
-                ("alarm" = (value = json!(super::docs::failure(BrokerError::Blocked("low on disk".into()).into())))),
-                ("busy" = (value = json!(super::docs::failure(BrokerError::Busy(1024).into())))),
-                ("unconfirmed" = (value = json!(super::docs::failure(BrokerError::Unconfirmed(5000).into())))),
-                ("unconfirmed in an alarm" = (value = json!(super::docs::failure(BrokerError::UnconfirmedInAlarm { ms: 5000, alarm: "low on disk".into() }.into())))),
+                ("unreachable" = (value = json!(super::examples::failure(BrokerError::Unavailable("not connected").into())))),
+                ("refused" = (value = json!(super::examples::failure(BrokerError::Nacked.into())))),
+                ("alarm" = (value = json!(super::examples::failure(BrokerError::Blocked("low on disk".into()).into())))),
+                ("busy" = (value = json!(super::examples::failure(BrokerError::Busy(1024).into())))),
+                ("unconfirmed" = (value = json!(super::examples::failure(BrokerError::Unconfirmed(5000).into())))),
+                ("unconfirmed in an alarm" = (value = json!(super::examples::failure(BrokerError::UnconfirmedInAlarm { ms: 5000, alarm: "low on disk".into() }.into())))),
             )),
     )
 )]
@@ -102,19 +102,19 @@ async fn write(
         (status = 200, description = "The key's value", body = Success<f64>,
             example = json!({"success": true, "data": 21.5})),
         (status = 400, description = "Not exactly one parameter named `key`, or an empty or too long key", body = Failure,
-            example = json!(super::docs::failure(ApiError::BadQuery))),
+            example = json!(super::examples::failure(ApiError::BadQuery))),
         (status = 404, description = "The key has no value", body = Failure,
-            example = json!(super::docs::failure(ApiError::KeyNotFound(Key::parse("humidity").expect("a valid key"))))),
-        (status = 500, description = super::docs::UNEXPECTED, body = Failure,
-            example = json!(super::docs::failure(super::docs::unexpected()))),
+            example = json!(super::examples::failure(ApiError::KeyNotFound(Key::parse("humidity").expect("a valid key"))))),
+        (status = 500, description = super::examples::UNEXPECTED, body = Failure,
+            example = json!(super::examples::failure(super::examples::unexpected()))),
         (status = 503, description = "RabbitMQ is unreachable, the link dropped before the reply, RabbitMQ refuses new messages during a resource alarm (answered at once), or `MAX_IN_FLIGHT` requests were in flight until the deadline", body = Failure,
             examples(
-                ("unreachable" = (value = json!(super::docs::failure(BrokerError::Unavailable("not connected").into())))),
-                ("alarm" = (value = json!(super::docs::failure(BrokerError::Blocked("low on disk".into()).into())))),
-                ("busy" = (value = json!(super::docs::failure(BrokerError::Busy(1024).into())))),
+                ("unreachable" = (value = json!(super::examples::failure(BrokerError::Unavailable("not connected").into())))),
+                ("alarm" = (value = json!(super::examples::failure(BrokerError::Blocked("low on disk".into()).into())))),
+                ("busy" = (value = json!(super::examples::failure(BrokerError::Busy(1024).into())))),
             )),
         (status = 504, description = "No reply from the back-server within `RPC_TIMEOUT_MS` (the number in the message)", body = Failure,
-            example = json!(super::docs::failure(BrokerError::NoReply(5000).into()))),
+            example = json!(super::examples::failure(BrokerError::NoReply(5000).into()))),
     )
 )]
 async fn read(

@@ -6,6 +6,7 @@
 //! the page works offline. They are served by our own handler rather than the crate's router, so
 //! that a file it does not have gets our JSON 404 like any other unknown path.
 
+use super::examples::failure;
 use super::{AppState, api, health, metrics};
 use crate::error::{ApiError, Failure};
 use axum::extract::Path;
@@ -16,7 +17,6 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use utoipa::OpenApi;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::{ResponseBuilder, content::ContentBuilder};
 use utoipa_swagger_ui::Config;
 
@@ -162,37 +162,6 @@ impl utoipa::Modify for FallbackResponses {
             .into(),
         );
     }
-}
-
-/// The body `error` gets, for the document's examples: built by the same code as real answers,
-/// so that the examples cannot drift from them.
-pub fn failure(error: ApiError) -> Value {
-    json!({ "success": false, "message": error.to_string() })
-}
-
-/// An unforeseen failure, as clients see it.
-pub fn unexpected() -> ApiError {
-    ApiError::Unexpected(anyhow::anyhow!("example"))
-}
-
-pub const UNEXPECTED: &str =
-    "Something unexpected; the details go to the server's log, never to the client";
-
-/// `success` in a success body: always `true`.
-pub fn always_true() -> Schema {
-    constant(true)
-}
-
-/// `success` in a failure body: always `false`.
-pub fn always_false() -> Schema {
-    constant(false)
-}
-
-fn constant(value: bool) -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::Boolean)
-        .enum_values(Some([value]))
-        .into()
 }
 
 #[cfg(test)]

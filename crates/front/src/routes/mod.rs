@@ -2,6 +2,7 @@
 
 mod api;
 pub mod docs;
+mod examples;
 mod fallback;
 mod health;
 mod metrics;
