@@ -246,36 +246,26 @@ async fn publish_replies(channel: Channel, mut outgoing: mpsc::Receiver<Outgoing
 /// person, not for a deadline (a read's expiration would make it vanish from the queue).
 fn kept_properties(original: &BasicProperties) -> BasicProperties {
     let mut kept = BasicProperties::default();
-    if let Some(value) = original.content_type() {
-        kept = kept.with_content_type(value.clone());
+    // lapin can set a property but not unset one: copy each but the one to leave out.
+    macro_rules! keep {
+        ($($get:ident => $set:ident),* $(,)?) => {
+            $(if let Some(value) = original.$get() {
+                kept = kept.$set(value.to_owned());
+            })*
+        };
     }
-    if let Some(value) = original.content_encoding() {
-        kept = kept.with_content_encoding(value.clone());
-    }
-    if let Some(value) = original.priority() {
-        kept = kept.with_priority(*value);
-    }
-    if let Some(value) = original.correlation_id() {
-        kept = kept.with_correlation_id(value.clone());
-    }
-    if let Some(value) = original.reply_to() {
-        kept = kept.with_reply_to(value.clone());
-    }
-    if let Some(value) = original.message_id() {
-        kept = kept.with_message_id(value.clone());
-    }
-    if let Some(value) = original.timestamp() {
-        kept = kept.with_timestamp(*value);
-    }
-    if let Some(value) = original.kind() {
-        kept = kept.with_type(value.clone());
-    }
-    if let Some(value) = original.user_id() {
-        kept = kept.with_user_id(value.clone());
-    }
-    if let Some(value) = original.app_id() {
-        kept = kept.with_app_id(value.clone());
-    }
+    keep!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        user_id => with_user_id,
+        app_id => with_app_id,
+    );
     kept
 }
 

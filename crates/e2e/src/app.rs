@@ -361,6 +361,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Waits until SQLite holds `rows` keys.
+    pub async fn wait_for_row_count(&self, rows: i64) {
+        eventually(&format!("SQLite holds {rows} keys"), || async {
+            match self.db_row_count() {
+                count if count == rows => Ok(()),
+                count => Err(format!("{count} rows")),
+            }
+        })
+        .await
+    }
+
     /// Waits until SQLite holds `expected` for `key`.
     pub async fn wait_for_db_value(&self, key: &str, expected: f64) {
         eventually(&format!("{key} becomes {expected}"), || async {

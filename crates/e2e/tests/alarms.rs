@@ -90,13 +90,7 @@ async fn a_backlog_drains_into_sqlite_while_a_disk_alarm_blocks_all_publishing()
     back.wait_for_log("consuming").await;
 
     // Assert: every write committed and the queue empty, with the alarm still on.
-    eventually("all 3,000 writes are in SQLite", || async {
-        match app.db_row_count() {
-            3000 => Ok(()),
-            rows => Err(format!("{rows} rows")),
-        }
-    })
-    .await;
+    app.wait_for_row_count(3000).await;
     eventually("the request queue is empty", || async {
         match app.messages_in(&app.queue).await {
             0 => Ok(()),

@@ -82,15 +82,25 @@ pub struct Connections {
     /// The connection that consumes and acks (and publishes, unless there is a second one).
     pub consume: Connection,
     separate_publisher: Option<Connection>,
-    /// Why RabbitMQ blocks the publishing connection right now (a resource alarm), or `None`.
-    /// RabbitMQ says so only when the connection next publishes after the alarm began.
-    pub blocked: watch::Receiver<Option<String>>,
+    /// Set by the supervisor from the publishing connection's events.
+    blocked: watch::Sender<Option<String>>,
 }
 
 impl Connections {
     /// The connection that publishes: a connection of its own if the session asked for one.
     pub fn publish(&self) -> &Connection {
         self.separate_publisher.as_ref().unwrap_or(&self.consume)
+    }
+
+    /// Why RabbitMQ blocks the publishing connection (a resource alarm), or `None`, kept up to
+    /// date. RabbitMQ says so only when the connection next publishes after the alarm began.
+    pub fn blocked(&self) -> watch::Receiver<Option<String>> {
+        self.blocked.subscribe()
+    }
+
+    /// Every connection, the publishing one too if it is a second one.
+    fn all(&self) -> impl Iterator<Item = &Connection> {
+        std::iter::once(&self.consume).chain(&self.separate_publisher)
     }
 }
 
@@ -170,18 +180,14 @@ impl Supervisor {
     pub async fn run<S: Session>(self, mut session: S) -> Result<(), S::Fatal> {
         let mut opened = 0u64;
         loop {
-            let Some((connections, blocked)) = self.connect::<S>().await else {
+            let Some(connections) = self.connect::<S>().await else {
                 return Ok(());
             };
             opened += 1;
             if opened > 1 {
                 metrics::counter!(RECONNECTS, "server" => self.server).increment(1);
             }
-            let end = self.serve(&mut session, &connections, &blocked).await;
-            let all = [
-                Some(&connections.consume),
-                connections.separate_publisher.as_ref(),
-            ];
+            let end = self.serve(&mut session, &connections).await;
             let goodbye = match end {
                 End::Shutdown => self.goodbye("shutting down"),
                 End::Fatal(_) => self.goodbye("failed"),
@@ -191,9 +197,8 @@ impl Supervisor {
                 }
             };
             // At once, not one after the other: each may take its whole bound.
-            let closes = all
-                .into_iter()
-                .flatten()
+            let closes = connections
+                .all()
                 .map(|connection| close_connection(connection, &goodbye));
             futures_util::future::join_all(closes).await;
             match end {
@@ -211,9 +216,9 @@ impl Supervisor {
         }
     }
 
-    /// Connects the session's connection, and its publishing one if it asks for a second; returns
-    /// them with the sender of their `blocked` state, or `None` if shutdown came first.
-    async fn connect<S: Session>(&self) -> Option<(Connections, watch::Sender<Option<String>>)> {
+    /// Connects the session's connection, and its publishing one if it asks for a second; `None`
+    /// if shutdown came first.
+    async fn connect<S: Session>(&self) -> Option<Connections> {
         let consume =
             connect_with_backoff(&self.uri, &self.connection_name, &self.shutdown).await?;
         let separate_publisher = if S::SEPARATE_PUBLISHER {
@@ -228,24 +233,18 @@ impl Supervisor {
         } else {
             None
         };
-        let (sender, blocked) = watch::channel(None);
-        let connections = Connections {
+        Some(Connections {
             consume,
             separate_publisher,
-            blocked,
-        };
-        Some((connections, sender))
+            blocked: watch::Sender::new(None),
+        })
     }
 
     /// Sets up the session on `connections` and runs it until it ends, or until a connection
     /// fails; closes the session's channels at shutdown.
-    async fn serve<S: Session>(
-        &self,
-        session: &mut S,
-        connections: &Connections,
-        blocked: &watch::Sender<Option<String>>,
-    ) -> End<S::Fatal> {
+    async fn serve<S: Session>(&self, session: &mut S, connections: &Connections) -> End<S::Fatal> {
         // Listening starts before the setup, so no failure during it goes unheard.
+        let blocked = &connections.blocked;
         let publisher = connections.separate_publisher.as_ref();
         let consume_failure =
             watch_connection(&connections.consume, publisher.is_none().then_some(blocked));
@@ -259,33 +258,34 @@ impl Supervisor {
                 },
             }
         };
-        let end = match tokio::time::timeout(SETUP_TIMEOUT, session.open(connections)).await {
+        let (end, link) = match tokio::time::timeout(SETUP_TIMEOUT, session.open(connections)).await
+        {
             Ok(Ok(mut link)) => {
                 let end = tokio::select! {
                     biased;
                     reason = failure => End::Lost(format!("the connection failed: {reason}")),
                     end = session.run(&mut link, &self.shutdown) => end,
                 };
-                session.detach();
-                if let End::Shutdown = end {
-                    match tokio::time::timeout(CLOSE_TIMEOUT, session.close(link)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(err)) => tracing::debug!(%err, "closing the channels failed"),
-                        Err(_) => {
-                            tracing::warn!(
-                                "RabbitMQ did not acknowledge closing the channels in time"
-                            )
-                        }
-                    }
-                }
-                return end;
+                (end, Some(link))
             }
-            Ok(Err(err)) => End::Lost(format!("cannot set up the link: {err}")),
-            Err(_) => End::Lost(format!(
-                "RabbitMQ did not finish setting up the link within {SETUP_TIMEOUT:?}"
-            )),
+            Ok(Err(err)) => (End::Lost(format!("cannot set up the link: {err}")), None),
+            Err(_) => (
+                End::Lost(format!(
+                    "RabbitMQ did not finish setting up the link within {SETUP_TIMEOUT:?}"
+                )),
+                None,
+            ),
         };
         session.detach();
+        if let (End::Shutdown, Some(link)) = (&end, link) {
+            match tokio::time::timeout(CLOSE_TIMEOUT, session.close(link)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::debug!(%err, "closing the channels failed"),
+                Err(_) => {
+                    tracing::warn!("RabbitMQ did not acknowledge closing the channels in time")
+                }
+            }
+        }
         end
     }
 

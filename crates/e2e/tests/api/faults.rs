@@ -292,13 +292,7 @@ async fn messages_redelivered_after_a_dropped_link_leave_no_redelivery_counts_be
     back.signal("CONT");
 
     // Assert: everything applied, and every redelivered message's count dropped with it.
-    eventually("all 200 writes are in SQLite", || async {
-        match app.db_row_count() {
-            200 => Ok(()),
-            rows => Err(format!("{rows} rows")),
-        }
-    })
-    .await;
+    app.wait_for_row_count(200).await;
     eventually("no redelivery count is left", || async {
         match app.redelivery_counts() {
             0 => Ok(()),

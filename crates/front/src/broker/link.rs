@@ -68,7 +68,7 @@ impl kv_runtime::Session for Session {
             writes.clone(),
             &self.queue,
             self.max_in_flight,
-            connections.blocked.clone(),
+            connections.blocked(),
         );
         let reads = connection.create_channel().await?;
         // Direct reply-to must be consumed in no-ack mode, before the first read is published.
@@ -89,7 +89,7 @@ impl kv_runtime::Session for Session {
             publisher,
             writes,
             reads,
-            blocked: connections.blocked.clone(),
+            blocked: connections.blocked(),
         };
         Ok(Opened {
             link: Arc::new(link),

@@ -154,11 +154,16 @@ impl Broker {
         Ok(link)
     }
 
-    /// Waits for a permit to have a request in flight, until the deadline; returns it with the
-    /// time left for the request itself. A permit that comes with less than a tenth of the
-    /// deadline left is given back: a request sent that late could hardly be answered in time,
-    /// and `503` says why better than a `504` would.
-    async fn admit(&self) -> Result<(tokio::sync::SemaphorePermit<'_>, Duration), BrokerError> {
+    /// Admits a request: refuses it at once if there is no usable link, else waits for a permit
+    /// to have a request in flight, until the deadline. Returns the permit, the link (looked up
+    /// again: it may have changed, or been blocked, meanwhile) and the time left for the request
+    /// itself. A permit that comes with less than a tenth of the deadline left is given back: a
+    /// request sent that late could hardly be answered in time, and `503` says why better than a
+    /// `504` would.
+    async fn admit(
+        &self,
+    ) -> Result<(tokio::sync::SemaphorePermit<'_>, Arc<Link>, Duration), BrokerError> {
+        self.current()?;
         let started = Instant::now();
         let permit = tokio::time::timeout(self.deadline, self.in_flight.acquire())
             .await
@@ -168,16 +173,13 @@ impl Broker {
         if left < self.deadline / 10 {
             return Err(BrokerError::Busy(self.max_in_flight));
         }
-        Ok((permit, left))
+        Ok((permit, self.current()?, left))
     }
 
     /// Publishes a durable write and returns once RabbitMQ has confirmed it.
     /// `request_id` travels in the message's headers, for the back-server's logs.
     pub async fn write(&self, key: Key, value: f64, request_id: &str) -> Result<(), BrokerError> {
-        self.current()?;
-        let (_permit, left) = self.admit().await?;
-        // Again: the link may have changed, or been blocked, while this request waited.
-        let link = self.current()?;
+        let (_permit, link, left) = self.admit().await?;
         let generation = link.generation;
         let (done, verdict) = oneshot::channel();
         let write = Write {
@@ -232,9 +234,7 @@ impl Broker {
 
     /// Asks the back-server for the value under `key` and waits for its reply until the deadline.
     pub async fn read(&self, key: &Key, request_id: &str) -> Result<Option<f64>, BrokerError> {
-        self.current()?;
-        let (_permit, left) = self.admit().await?;
-        let link = self.current()?;
+        let (_permit, link, left) = self.admit().await?;
         let mut waiting = self.replies.register();
         let properties = json_properties()
             .with_message_id(message_id())
