@@ -36,14 +36,15 @@ pub fn install_metrics() {
     );
     metrics::describe_counter!(
         DEAD_LETTERED,
-        "Messages moved to the dead-letter queue, by reason: unparseable or redelivered"
+        "Messages moved to the dead-letter queue, by reason: unparseable, misrouted (a key of \
+         another partition) or redelivered"
     );
     metrics::describe_gauge!(ROWS, "Rows in the key-value table");
     // Present from the start at 0, so that `rate()` and `increase()` see the first event too.
     for kind in ["put", "get"] {
         metrics::counter!(MESSAGES_APPLIED, "kind" => kind).increment(0);
     }
-    for reason in ["unparseable", "redelivered"] {
+    for reason in ["unparseable", "misrouted", "redelivered"] {
         metrics::counter!(DEAD_LETTERED, "reason" => reason).increment(0);
     }
 }

@@ -1,6 +1,7 @@
 //! The back-server's settings; `back-server --help` prints them with their defaults.
 
 use clap::Parser;
+use kv_protocol::Layout;
 use kv_runtime::{AmqpSettings, LogSettings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +19,12 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogSettings,
+
+    /// The partition this back-server serves, from 0 to KV_PARTITIONS - 1, with its own DB_PATH.
+    /// A second back-server for the same partition, on the same database file, waits as a hot
+    /// standby and takes over when the first stops.
+    #[arg(long, env = "KV_PARTITION", value_name = "I", default_value_t = 0)]
+    pub partition: u32,
 
     /// SQLite database file; created, with its table, if missing.
     #[arg(long, env = "DB_PATH", value_name = "FILE", default_value = "kv.db")]
@@ -55,4 +62,29 @@ pub struct Config {
         default_value = "127.0.0.1:8081"
     )]
     pub admin_listen: SocketAddr,
+}
+
+impl Config {
+    /// The request queues of every partition.
+    pub fn layout(&self) -> Layout {
+        self.amqp.layout()
+    }
+
+    /// The request queue this back-server consumes.
+    pub fn queue(&self) -> String {
+        self.layout().queue(self.partition)
+    }
+
+    /// Checks what clap cannot: that the partition is one of the layout's.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.partition < self.amqp.partitions,
+            "KV_PARTITION is {} but there are only {} partition(s) (KV_PARTITIONS): the \
+             partitions are numbered from 0 to {}",
+            self.partition,
+            self.amqp.partitions,
+            self.amqp.partitions - 1
+        );
+        Ok(())
+    }
 }

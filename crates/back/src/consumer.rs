@@ -20,8 +20,10 @@ use crate::config::Config;
 use crate::outbox::{DeadLettered, Outbox};
 use crate::store::{Outcome, Store, StoreError};
 use futures_util::{FutureExt, StreamExt};
-use kv_protocol::{REQUEST_ID_HEADER, Reply, Request, dead_letter_queue, declare_topology};
-use kv_runtime::{Connections, End};
+use kv_protocol::{
+    Layout, REQUEST_ID_HEADER, Reply, Request, TopologyError, dead_letter_queue, declare_topology,
+};
+use kv_runtime::{Connections, End, OpenError};
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -55,6 +57,17 @@ pub struct Subscription {
     dead_letters: mpsc::UnboundedReceiver<DeadLettered>,
 }
 
+/// What stops the back-server for good.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    /// The store thread is gone: nothing more can be applied.
+    #[error("the SQLite store failed: {0}")]
+    Store(#[from] StoreError),
+    /// RabbitMQ's queues do not match the settings.
+    #[error("cannot use RabbitMQ's queues: {0}")]
+    Topology(#[from] TopologyError),
+}
+
 /// Why handling a batch stopped short.
 #[derive(Debug, thiserror::Error)]
 enum Failure {
@@ -66,10 +79,10 @@ enum Failure {
     Store(#[from] StoreError),
 }
 
-impl From<Failure> for End<StoreError> {
+impl From<Failure> for End<Fatal> {
     fn from(failure: Failure) -> Self {
         match failure {
-            Failure::Store(err) => End::Fatal(err),
+            Failure::Store(err) => End::Fatal(err.into()),
             other => End::Lost(other.to_string()),
         }
     }
@@ -77,18 +90,18 @@ impl From<Failure> for End<StoreError> {
 
 impl kv_runtime::Session for Consumer<'_> {
     type Link = Subscription;
-    type Fatal = StoreError;
+    type Fatal = Fatal;
 
     /// Acks must go on while RabbitMQ blocks publishing (see the module docs).
     const SEPARATE_PUBLISHER: bool = true;
 
     /// Opens the consumer's channel, declares the queues, starts consuming, and opens the outbox
     /// on the publishing connection.
-    async fn open(&mut self, connections: &Connections) -> lapin::Result<Subscription> {
+    async fn open(&mut self, connections: &Connections) -> Result<Subscription, OpenError<Fatal>> {
         self.status.set_connected(true);
-        let queue = self.config.amqp.queue.as_str();
+        let queue = &self.config.queue();
+        declare_topology(&connections.consume, &self.config.layout()).await?;
         let channel = connections.consume.create_channel().await?;
-        declare_topology(&channel, queue).await?;
         channel
             .basic_qos(self.config.prefetch, BasicQosOptions::default())
             .await?;
@@ -96,7 +109,7 @@ impl kv_runtime::Session for Consumer<'_> {
             Outbox::open(connections.publish(), dead_letter_queue(queue)).await?;
         let deliveries = channel
             .basic_consume(
-                queue.into(),
+                queue.as_str().into(),
                 CONSUMER_TAG.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -116,14 +129,17 @@ impl kv_runtime::Session for Consumer<'_> {
         &mut self,
         subscription: &mut Subscription,
         shutdown: &CancellationToken,
-    ) -> End<StoreError> {
+    ) -> End<Fatal> {
         let config = self.config;
         let batch_size = usize::from(config.batch_size);
-        let queue = config.amqp.queue.as_str();
+        let queue = config.queue();
+        let queue = queue.as_str();
         // Before the log line, which tests take for "ready".
         self.status.set_consuming(true);
         tracing::info!(queue, prefetch = config.prefetch, batch_size, "consuming");
         let worker = Worker {
+            layout: config.layout(),
+            partition: config.partition,
             outbox: &subscription.outbox,
             store: self.store,
             max_redeliveries: config.max_redeliveries,
@@ -215,6 +231,9 @@ enum Handled {
 }
 
 struct Worker<'a> {
+    layout: Layout,
+    /// The partition whose keys this back-server holds.
+    partition: u32,
     outbox: &'a Outbox,
     store: &'a Store,
     max_redeliveries: u32,
@@ -274,7 +293,7 @@ impl Worker<'_> {
     /// Notes how a dead letter ended: a redelivered message's count is dropped once it is safe
     /// in the dead-letter queue; one that RabbitMQ did not take ends the link, so that the
     /// original is redelivered.
-    async fn dead_lettered(&self, report: DeadLettered) -> Result<Handled, End<StoreError>> {
+    async fn dead_lettered(&self, report: DeadLettered) -> Result<Handled, End<Fatal>> {
         match report {
             DeadLettered::Done { message: None } => Ok(Handled::Acked),
             DeadLettered::Done {
@@ -285,7 +304,7 @@ impl Worker<'_> {
             {
                 Ok(Some(())) => Ok(Handled::Acked),
                 Ok(None) => Ok(Handled::Interrupted),
-                Err(err) => Err(End::Fatal(err)),
+                Err(err) => Err(End::Fatal(err.into())),
             },
             DeadLettered::Failed(reason) => Err(End::Lost(reason)),
         }
@@ -303,20 +322,31 @@ impl Worker<'_> {
         let mut requests = Vec::with_capacity(group.len());
         let mut applied = Vec::with_capacity(group.len());
         for delivery in group.drain(..) {
-            match Request::from_slice(&delivery.data) {
-                Ok(request) => {
-                    requests.push(request);
-                    applied.push(delivery);
-                }
-                Err(err) => {
-                    let reason = format!("unparseable request: {err}");
-                    let request_id = request_id(&delivery);
-                    tracing::warn!(%request_id, %reason, "dead-lettering a message");
-                    // Acked on its own once its copy is safe, never by a `multiple` ack.
-                    self.outbox
-                        .dead_letter(delivery, "unparseable", &reason, None);
-                }
-            }
+            let (label, reason) = match Request::from_slice(&delivery.data) {
+                Ok(request) => match self.layout.partition_of(request.key()) {
+                    partition if partition == self.partition => {
+                        requests.push(request);
+                        applied.push(delivery);
+                        continue;
+                    }
+                    // Only a hand-made message gets here: the servers check, before they start,
+                    // that they agree on the partitions. Applied, it would hide the key from
+                    // the partition that serves it.
+                    partition => (
+                        "misrouted",
+                        format!(
+                            "key '{}' belongs to partition {partition}, not {}",
+                            request.key(),
+                            self.partition
+                        ),
+                    ),
+                },
+                Err(err) => ("unparseable", format!("unparseable request: {err}")),
+            };
+            let request_id = request_id(&delivery);
+            tracing::warn!(%request_id, %reason, "dead-lettering a message");
+            // Acked on its own once its copy is safe, never by a `multiple` ack.
+            self.outbox.dead_letter(delivery, label, &reason, None);
         }
         let Some(last) = applied.last() else {
             return Ok(Handled::Acked);

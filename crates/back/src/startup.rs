@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Application {
     config: Config,
-    uri: AMQPUri,
+    uris: Vec<AMQPUri>,
     store: Store,
     admin: TcpListener,
     status: Arc<Status>,
@@ -27,7 +27,8 @@ impl Application {
     /// Checks the settings, opens the database and binds the admin listener; does not need
     /// RabbitMQ to be up.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let uri = config.amqp.uri()?;
+        config.validate()?;
+        let uris = config.amqp.uris()?;
         admin::install_metrics();
         survive_file_size_limit()?;
         let admin = TcpListener::bind(config.admin_listen)
@@ -39,7 +40,7 @@ impl Application {
         tracing::info!(db = %config.db_path.display(), "database ready");
         let application = Self {
             config,
-            uri,
+            uris,
             store,
             admin,
             status: Arc::default(),
@@ -70,7 +71,8 @@ impl Application {
                 tracing::error!(%err, "the admin listener failed");
             }
         });
-        let supervisor = Supervisor::new(self.uri, "back", &self.config.amqp.queue, token.clone());
+        let queue = self.config.queue();
+        let supervisor = Supervisor::new(self.uris, "back", &queue, token.clone());
         let consumer = Consumer {
             store: &self.store,
             config: &self.config,
@@ -90,7 +92,7 @@ impl Application {
         self.store.close().await;
         admin_stop.cancel();
         let _ = admin.await;
-        result.context("the SQLite store failed")?;
+        result?;
         tracing::info!("back-server stopped");
         Ok(())
     }

@@ -147,6 +147,9 @@ impl Store {
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let mut connection = Connection::open(path)?;
+    // A hot standby for the same partition opens the same file while the active back-server
+    // writes to it: wait for its locks rather than fail.
+    connection.busy_timeout(std::time::Duration::from_secs(10))?;
     // WAL lets a commit be one append; FULL makes that append reach the disk before COMMIT
     // returns, which we need because the broker ack that follows deletes the only other copy.
     connection

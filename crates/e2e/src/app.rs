@@ -188,6 +188,12 @@ pub fn lock_broker(how: Lock) -> std::fs::File {
 }
 
 impl TestApp {
+    /// The request queues as the servers, with their default settings, declare them.
+    pub fn layout(&self) -> kv_protocol::Layout {
+        let queue_type = kv_runtime::DEFAULT_QUEUE_TYPE.parse().unwrap();
+        kv_protocol::Layout::new(self.queue.clone(), 1, queue_type)
+    }
+
     pub async fn start_back(&mut self) {
         assert!(self.back.is_none(), "the back-server already runs");
         let config = settings(&self.back_settings(&[]));

@@ -24,7 +24,7 @@ fn alone(options: Options) -> Options {
 async fn queue_backlog(app: &TestApp, writes: u32, reply_queue: &str) {
     let (connection, channel) = app.publisher().await;
     // Declared as the servers declare it: no server has run on this queue yet.
-    kv_protocol::declare_topology(&channel, &app.queue)
+    kv_protocol::declare_topology(&connection, &app.layout())
         .await
         .unwrap();
     channel

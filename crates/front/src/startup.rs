@@ -7,6 +7,7 @@ use crate::routes::{AppState, router};
 use crate::serve::{Limits, serve};
 use anyhow::Context;
 use axum::Router;
+use kv_protocol::TopologyError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ pub struct Application {
     router: Router,
     limits: Limits,
     broker: Arc<Broker>,
-    broker_task: JoinHandle<()>,
+    broker_task: JoinHandle<Result<(), TopologyError>>,
     broker_shutdown: CancellationToken,
 }
 
@@ -27,15 +28,15 @@ impl Application {
     /// Binds the listener and starts connecting to RabbitMQ in the background: requests that
     /// arrive before the broker is reachable get `503` rather than waiting.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let uri = config.amqp.uri()?;
+        let uris = config.amqp.uris()?;
         crate::routes::install_metrics();
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen on {}", config.listen))?;
         let broker_shutdown = CancellationToken::new();
         let (broker, broker_task) = Broker::start(
-            uri,
-            &config.amqp.queue,
+            uris,
+            config.amqp.layout(),
             config.rpc_timeout(),
             config.max_in_flight as usize,
             broker_shutdown.clone(),
@@ -74,14 +75,29 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, lets requests in flight finish, then closes the AMQP
-    /// connection.
+    /// connection. Stops the same way, and returns the error, if RabbitMQ's queues turn out not
+    /// to match the settings (another number of partitions, another queue type).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        serve(self.listener, self.router, self.limits, shutdown).await;
+        let mut broker_task = self.broker_task;
+        let mut broker_ended = None;
+        let stop = async {
+            tokio::select! {
+                () = shutdown => {}
+                ended = &mut broker_task => broker_ended = Some(ended),
+            }
+        };
+        serve(self.listener, self.router, self.limits, stop).await;
         self.broker_shutdown.cancel();
-        let _ = self.broker_task.await;
+        let ended = match broker_ended {
+            Some(ended) => ended,
+            None => broker_task.await,
+        };
+        ended
+            .context("the RabbitMQ link task panicked")?
+            .context("cannot use RabbitMQ's queues")?;
         tracing::info!("front-server stopped");
         Ok(())
     }

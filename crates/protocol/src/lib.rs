@@ -5,24 +5,38 @@
 //!
 //! # Topology
 //!
-//! - **`<KV_QUEUE>`** (default `kv.requests`): one durable classic queue that carries writes *and*
-//!   reads. Because RabbitMQ delivers a queue in FIFO order and the back-server applies it in
-//!   order, a read published after a write's confirm is answered after that write was applied:
-//!   this is what gives read-your-writes across any number of front-servers. The queue is declared
-//!   with `x-single-active-consumer`, so a second back-server started by mistake waits as a hot
-//!   standby instead of interleaving the queue with the first.
-//! - **`<KV_QUEUE>.dead`**: a durable queue for messages the back-server cannot parse. The
-//!   back-server republishes them there itself (persistent, confirmed, with an
-//!   `x-kv-dead-reason` header) before acking the original. We deliberately do *not* give the
-//!   request queue a dead-letter exchange: RabbitMQ would then also dead-letter every read that
-//!   expired unanswered, and the dead queue must hold only what needs a person's attention.
+//! - **Partitions** (`KV_PARTITIONS`, default 1): the keyspace is split over N request queues, each
+//!   served by its own back-server with its own database. With one partition the queue is
+//!   `<KV_QUEUE>` (default `kv.requests`); with N > 1, partition i's queue is `<KV_QUEUE>.<i>`. A
+//!   key's partition is a stable hash of its UTF-8 bytes modulo N ([`partition_of`]), so every
+//!   front-server sends a key to the same queue, and each key lives in exactly one database.
+//! - **Each request queue** is durable and carries writes *and* reads of its partition's keys.
+//!   Because RabbitMQ delivers a queue in FIFO order and the back-server applies it in order, a
+//!   read published after a write's confirm is answered after that write was applied: this is what
+//!   gives read-your-writes across any number of front-servers. The queue is declared with
+//!   `x-single-active-consumer`, so a second back-server for the same partition waits as a hot
+//!   standby instead of interleaving the queue with the first, and takes over when it dies.
+//! - **Queue type** (`KV_QUEUE_TYPE`): `quorum` queues are replicated over a cluster's nodes
+//!   (Raft) and survive the loss of a minority of them; `classic` queues live on one node.
+//! - **`<queue>.dead`**, beside each request queue: a durable queue of the same type for messages
+//!   the back-server cannot parse. The back-server republishes them there itself (persistent,
+//!   confirmed, with an `x-kv-dead-reason` header) before acking the original. We deliberately do
+//!   *not* give the request queue a dead-letter exchange: RabbitMQ would then also dead-letter
+//!   every read that expired unanswered, and the dead queue must hold only what needs a person's
+//!   attention.
 //!
-//! Both servers declare both queues at every (re)connect, with identical arguments, so either
-//! may start first.
+//! Every server declares every partition's queues at every (re)connect, with identical
+//! arguments, so any may start first. Before that it checks that the queues that exist were made
+//! for its number of partitions, and stops with an error naming both numbers if not: a server
+//! that hashed keys modulo another N would look for them in the wrong databases. Changing N is
+//! `back-server reshard`'s job. Likewise a queue that exists with another type stops the server
+//! with RabbitMQ's explanation, since no retry can cure it.
 //!
 //! # Messages
 //!
 //! Bodies are JSON ([`Request`], [`Reply`]), `content_type` `application/json`.
+//!
+//! Every message goes to the request queue of its key's partition.
 //!
 //! - **Write**: `{"op":"put","key":"k","value":1.5}`, published persistent (delivery mode 2),
 //!   `mandatory`, on a channel in publisher-confirm mode. The front answers `200` only after the
@@ -51,10 +65,13 @@
 //! the SQLite transaction that applied it has committed: a crash anywhere before the ack makes
 //! RabbitMQ redeliver, and re-applying an upsert is harmless.
 
+mod layout;
 mod message;
 mod topology;
 
+pub use layout::{Layout, QueueType, partition_of};
 pub use message::{Key, KeyError, MAX_KEY_BYTES, Reply, Request};
 pub use topology::{
-    DEAD_REASON_HEADER, DIRECT_REPLY_TO, REQUEST_ID_HEADER, dead_letter_queue, declare_topology,
+    DEAD_REASON_HEADER, DIRECT_REPLY_TO, REQUEST_ID_HEADER, TopologyError, dead_letter_queue,
+    declare_topology,
 };

@@ -71,6 +71,15 @@ pub enum Request<K = Key> {
     Get { key: K },
 }
 
+impl<K> Request<K> {
+    /// The key the request is about.
+    pub fn key(&self) -> &K {
+        match self {
+            Self::Put { key, .. } | Self::Get { key } => key,
+        }
+    }
+}
+
 impl Request {
     /// Parses a message body. JSON cannot encode NaN or infinities, so every parsed value is
     /// finite; SQLite's `REAL NOT NULL` column relies on that.

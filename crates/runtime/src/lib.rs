@@ -9,8 +9,10 @@ mod settings;
 mod signal;
 mod telemetry;
 
-pub use lifecycle::{CLOSE_TIMEOUT, Connections, End, SETUP_TIMEOUT, Session, Supervisor, redact};
-pub use settings::{AmqpSettings, DEFAULT_AMQP_URL, parse_with_config_file};
+pub use lifecycle::{
+    CLOSE_TIMEOUT, Connections, End, OpenError, SETUP_TIMEOUT, Session, Supervisor, redact,
+};
+pub use settings::{AmqpSettings, DEFAULT_AMQP_URL, DEFAULT_QUEUE_TYPE, parse_with_config_file};
 pub use signal::shutdown_signal;
 pub use telemetry::{
     LATENCY_BUCKETS, LogFormat, LogSettings, init_tracing, install_metrics, render_metrics,

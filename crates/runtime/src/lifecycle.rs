@@ -7,6 +7,10 @@
 //! they do on them. The front-server publishes requests and routes replies; the back-server
 //! consumes, applies and acks.
 //!
+//! With several RabbitMQ nodes (a cluster), a server connects to one of them, starting at a node
+//! picked at random so that servers spread over the nodes, and moves on to the next whenever a
+//! connection fails or is refused: a node that dropped its clients is often about to go away.
+//!
 //! During a resource alarm (memory or disk), RabbitMQ stops reading from every connection that
 //! publishes, and lapin then holds all of that connection's outgoing frames, acks included. A
 //! session that must keep acking while it cannot publish (the back-server, which drains the queue
@@ -16,6 +20,7 @@
 
 use crate::AmqpSettings;
 use futures_util::StreamExt;
+use kv_protocol::TopologyError;
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, Event};
 use std::time::Duration;
@@ -42,14 +47,20 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl AmqpSettings {
-    /// Checks the URL once at start-up, so a typo fails fast instead of being retried forever.
-    pub fn uri(&self) -> anyhow::Result<AMQPUri> {
-        let mut uri: AMQPUri = self
-            .amqp_url
-            .parse()
-            .map_err(|err| anyhow::anyhow!("invalid AMQP_URL {}: {err}", redact(&self.amqp_url)))?;
-        uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
-        Ok(uri)
+    /// The URLs of the nodes to connect to, checked once at start-up, so that a typo fails fast
+    /// instead of being retried forever.
+    pub fn uris(&self) -> anyhow::Result<Vec<AMQPUri>> {
+        self.amqp_url
+            .split(',')
+            .map(|url| {
+                let url = url.trim();
+                let mut uri: AMQPUri = url
+                    .parse()
+                    .map_err(|err| anyhow::anyhow!("invalid AMQP_URL {}: {err}", redact(url)))?;
+                uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+                Ok(uri)
+            })
+            .collect()
     }
 }
 
@@ -104,6 +115,33 @@ impl Connections {
     }
 }
 
+/// Why a session could not be set up on a connection.
+#[derive(Debug)]
+pub enum OpenError<F> {
+    /// The link failed (or RabbitMQ refused something a retry may cure): the supervisor tries
+    /// again on a new connection. Says why, for the log.
+    Link(String),
+    /// Something reconnecting cannot cure: the supervisor returns it, as with [`End::Fatal`].
+    Fatal(F),
+}
+
+impl<F> From<lapin::Error> for OpenError<F> {
+    fn from(err: lapin::Error) -> Self {
+        Self::Link(err.to_string())
+    }
+}
+
+/// Queues that do not match the server's settings end the server; a failed link is retried.
+impl<F: From<TopologyError>> From<TopologyError> for OpenError<F> {
+    fn from(err: TopologyError) -> Self {
+        if err.is_link() {
+            Self::Link(err.to_string())
+        } else {
+            Self::Fatal(err.into())
+        }
+    }
+}
+
 /// What a server does with a connection: the only part of the lifecycle that differs between
 /// the servers.
 ///
@@ -119,11 +157,11 @@ pub trait Session: Send {
     const SEPARATE_PUBLISHER: bool = false;
 
     /// Opens channels, declares the topology, starts consumers. The supervisor gives it
-    /// [`SETUP_TIMEOUT`]; an error or a timeout is retried on new connections.
+    /// [`SETUP_TIMEOUT`]; a timeout or an [`OpenError::Link`] is retried on new connections.
     fn open(
         &mut self,
         connections: &Connections,
-    ) -> impl Future<Output = lapin::Result<Self::Link>> + Send;
+    ) -> impl Future<Output = Result<Self::Link, OpenError<Self::Fatal>>> + Send;
 
     /// Does the server's work on `link` until `shutdown` is cancelled, the link breaks or a fatal
     /// error. When the connection itself fails, the supervisor drops this future: whatever it
@@ -145,7 +183,10 @@ pub trait Session: Send {
 
 /// Keeps a server connected to RabbitMQ for as long as it runs; see the module docs.
 pub struct Supervisor {
-    uri: AMQPUri,
+    /// The nodes' URLs, tried in turn.
+    uris: Vec<AMQPUri>,
+    /// The node to try first.
+    first: usize,
     /// The reconnect counter's label: `front` or `back`.
     server: &'static str,
     /// Shown in RabbitMQ's connection list, so operators (and tests) can tell whose it is.
@@ -154,10 +195,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor for `server` (`front` or `back`) on `queue`, which stops when `shutdown` is
-    /// cancelled. Names and zeroes its counter, so call it after the metrics recorder is installed.
+    /// A supervisor for `server` (`front` or `back`) on `queue`, connecting to one of `uris` (see
+    /// the module docs), which stops when `shutdown` is cancelled. Names and zeroes its counter,
+    /// so call it after the metrics recorder is installed.
+    ///
+    /// # Panics
+    /// If `uris` is empty.
     pub fn new(
-        uri: AMQPUri,
+        uris: Vec<AMQPUri>,
         server: &'static str,
         queue: &str,
         shutdown: CancellationToken,
@@ -168,8 +213,19 @@ impl Supervisor {
         );
         // Present from the start at 0, so that `rate()` and `increase()` see the first event too.
         metrics::counter!(RECONNECTS, "server" => server).increment(0);
+        assert!(!uris.is_empty(), "a supervisor needs a node to connect to");
+        // Any start spreads servers over nodes as long as it differs between them: a random one
+        // does, in containers too, where every server may have the same process id.
+        let first = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish() as usize
+                % uris.len()
+        };
         Self {
-            uri,
+            uris,
+            first,
             server,
             connection_name: format!("{server}-server ({queue})"),
             shutdown,
@@ -179,10 +235,13 @@ impl Supervisor {
     /// Runs `session` on one connection after another until shutdown (`Ok`) or a fatal error.
     pub async fn run<S: Session>(self, mut session: S) -> Result<(), S::Fatal> {
         let mut opened = 0u64;
+        let mut next = self.first;
         loop {
-            let Some(connections) = self.connect::<S>().await else {
+            let Some((connections, node)) = self.connect::<S>(next).await else {
                 return Ok(());
             };
+            // Whatever ends this connection, the next one starts at the next node.
+            next = node + 1;
             opened += 1;
             if opened > 1 {
                 metrics::counter!(RECONNECTS, "server" => self.server).increment(1);
@@ -216,15 +275,16 @@ impl Supervisor {
         }
     }
 
-    /// Connects the session's connection, and its publishing one if it asks for a second; `None`
-    /// if shutdown came first.
-    async fn connect<S: Session>(&self) -> Option<Connections> {
-        let consume =
-            connect_with_backoff(&self.uri, &self.connection_name, &self.shutdown).await?;
+    /// Connects the session's connection, trying the nodes from `first` on, and its publishing
+    /// one if it asks for a second (to the same node if it can); `None` if shutdown came first.
+    /// Also returns the node of the first connection.
+    async fn connect<S: Session>(&self, first: usize) -> Option<(Connections, usize)> {
+        let (consume, node) =
+            connect_with_backoff(&self.uris, first, &self.connection_name, &self.shutdown).await?;
         let separate_publisher = if S::SEPARATE_PUBLISHER {
             let name = format!("{} publisher", self.connection_name);
-            match connect_with_backoff(&self.uri, &name, &self.shutdown).await {
-                Some(publisher) => Some(publisher),
+            match connect_with_backoff(&self.uris, node, &name, &self.shutdown).await {
+                Some((publisher, _)) => Some(publisher),
                 None => {
                     close_connection(&consume, &self.goodbye("shutting down")).await;
                     return None;
@@ -233,11 +293,12 @@ impl Supervisor {
         } else {
             None
         };
-        Some(Connections {
+        let connections = Connections {
             consume,
             separate_publisher,
             blocked: watch::Sender::new(None),
-        })
+        };
+        Some((connections, node))
     }
 
     /// Sets up the session on `connections` and runs it until it ends, or until a connection
@@ -268,7 +329,10 @@ impl Supervisor {
                 };
                 (end, Some(link))
             }
-            Ok(Err(err)) => (End::Lost(format!("cannot set up the link: {err}")), None),
+            Ok(Err(OpenError::Link(err))) => {
+                (End::Lost(format!("cannot set up the link: {err}")), None)
+            }
+            Ok(Err(OpenError::Fatal(err))) => (End::Fatal(err), None),
             Err(_) => (
                 End::Lost(format!(
                     "RabbitMQ did not finish setting up the link within {SETUP_TIMEOUT:?}"
@@ -295,34 +359,40 @@ impl Supervisor {
     }
 }
 
-/// Connects to RabbitMQ, retrying with capped exponential backoff and logging each failed try.
-/// Returns `None` only if `shutdown` fires first.
+/// Connects to one of the nodes at `uris`, trying them in turn from `first` on, and again after
+/// a pause that grows (capped) with each round in which none answered; logs each failed try.
+/// Returns the connection and the index of its node, or `None` only if `shutdown` fires first.
 async fn connect_with_backoff(
-    uri: &AMQPUri,
+    uris: &[AMQPUri],
+    first: usize,
     connection_name: &str,
     shutdown: &CancellationToken,
-) -> Option<Connection> {
-    let shown = redact_uri(uri);
+) -> Option<(Connection, usize)> {
     let mut delay = FIRST_RETRY;
     loop {
-        let properties =
-            ConnectionProperties::default().with_connection_name(connection_name.into());
-        let attempt = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect_uri(uri.clone(), properties),
-        );
-        let error = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            result = attempt => match result {
-                Ok(Ok(connection)) => {
-                    tracing::info!(broker = %shown, "connected to RabbitMQ");
-                    return Some(connection);
-                }
-                Ok(Err(err)) => err.to_string(),
-                Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
-            },
-        };
-        tracing::warn!(broker = %shown, %error, retry_in = ?delay, "cannot connect to RabbitMQ");
+        for node in (first..first + uris.len()).map(|i| i % uris.len()) {
+            let uri = &uris[node];
+            let shown = redact_uri(uri);
+            let properties =
+                ConnectionProperties::default().with_connection_name(connection_name.into());
+            let attempt = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                Connection::connect_uri(uri.clone(), properties),
+            );
+            let error = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                result = attempt => match result {
+                    Ok(Ok(connection)) => {
+                        tracing::info!(broker = %shown, "connected to RabbitMQ");
+                        return Some((connection, node));
+                    }
+                    Ok(Err(err)) => err.to_string(),
+                    Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
+                },
+            };
+            tracing::warn!(broker = %shown, %error, "cannot connect to RabbitMQ");
+        }
+        tracing::warn!(retry_in = ?delay, "no RabbitMQ node answered; retrying");
         tokio::select! {
             _ = shutdown.cancelled() => return None,
             _ = tokio::time::sleep(delay) => {}
@@ -393,14 +463,47 @@ mod tests {
 
     #[test]
     fn a_heartbeat_is_set_unless_the_url_sets_one() {
-        let settings = |url: &str| AmqpSettings {
+        let uris = settings("amqp://h/%2f, amqp://h2/%2f?heartbeat=30")
+            .uris()
+            .unwrap();
+        assert_eq!(uris[0].query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
+        assert_eq!(uris[1].query.heartbeat, Some(30));
+    }
+
+    #[test]
+    fn a_list_of_urls_names_every_node_in_order() {
+        let uris = settings("amqp://u:p@h1:5701/%2f,amqp://u:p@h2:5702/%2f,amqp://u:p@h3/v")
+            .uris()
+            .unwrap();
+        let nodes: Vec<_> = uris.iter().map(redact_uri).collect();
+        assert_eq!(
+            nodes,
+            [
+                "amqp://u@h1:5701/%2f",
+                "amqp://u@h2:5702/%2f",
+                "amqp://u@h3:5672/v"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_url_in_a_list_is_named_without_its_password() {
+        let err = settings("amqp://u:hunter2@h1/%2f,http://u:hunter2@h2/")
+            .uris()
+            .unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(shown.contains("invalid AMQP_URL"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(settings("amqp://h/%2f,").uris().is_err());
+    }
+
+    fn settings(url: &str) -> AmqpSettings {
+        AmqpSettings {
             amqp_url: url.into(),
             queue: "q".into(),
-        };
-        let default = settings("amqp://h/%2f").uri().unwrap();
-        let chosen = settings("amqp://h/%2f?heartbeat=30").uri().unwrap();
-        assert_eq!(default.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
-        assert_eq!(chosen.query.heartbeat, Some(30));
+            queue_type: kv_protocol::QueueType::Quorum,
+            partitions: 1,
+        }
     }
 
     #[test]

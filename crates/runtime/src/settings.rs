@@ -3,6 +3,7 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use kv_protocol::{Layout, QueueType};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -13,7 +14,9 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How to reach RabbitMQ and which queue carries the requests.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpSettings {
-    /// RabbitMQ URL: amqp://user:password@host:port/vhost (the password is never logged).
+    /// RabbitMQ URL: amqp://user:password@host:port/vhost (the password is never logged). For a
+    /// cluster, the URLs of its nodes separated by commas: the server connects to one and moves to
+    /// the next when it fails.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -31,6 +34,36 @@ pub struct AmqpSettings {
         default_value = "kv.requests"
     )]
     pub queue: String,
+
+    /// Type of the request queues: `quorum` (replicated over a cluster's nodes) or `classic`.
+    /// Every server of one store must use the same.
+    #[arg(
+        long,
+        env = "KV_QUEUE_TYPE",
+        value_name = "TYPE",
+        default_value = DEFAULT_QUEUE_TYPE,
+        value_parser = clap::builder::ValueParser::new(str::parse::<QueueType>)
+    )]
+    pub queue_type: QueueType,
+
+    /// Number of partitions the keys are split over: with more than one, partition i's queue is
+    /// `<KV_QUEUE>.<i>`. Every server of one store must use the same.
+    #[arg(long, env = "KV_PARTITIONS", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_PARTITIONS))]
+    pub partitions: u32,
+}
+
+/// The queue type unless `KV_QUEUE_TYPE` says otherwise; the README's "Performance" says why.
+pub const DEFAULT_QUEUE_TYPE: &str = "quorum";
+
+/// More partitions than this is more queues than one cluster serves well, and more likely a typo.
+const MAX_PARTITIONS: i64 = 1024;
+
+impl AmqpSettings {
+    /// The request queues these settings name.
+    pub fn layout(&self) -> Layout {
+        Layout::new(self.queue.clone(), self.partitions, self.queue_type)
+    }
 }
 
 /// Parses a server's settings from the process's arguments and environment, and from the YAML

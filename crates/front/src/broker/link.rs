@@ -6,8 +6,8 @@
 use super::publisher::{self, Write};
 use super::replies::PendingReplies;
 use futures_util::StreamExt;
-use kv_protocol::{DIRECT_REPLY_TO, Reply, declare_topology};
-use kv_runtime::{Connections, End};
+use kv_protocol::{DIRECT_REPLY_TO, Layout, Reply, TopologyError, declare_topology};
+use kv_runtime::{Connections, End, OpenError};
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
@@ -32,7 +32,7 @@ pub(super) struct Link {
 /// channels, offers them to requests, routes replies, and notices when a request found the link
 /// broken.
 pub(super) struct Session {
-    pub(super) queue: String,
+    pub(super) layout: Layout,
     /// Where requests find the current link; `None` while there is none.
     pub(super) link: watch::Sender<Option<Arc<Link>>>,
     pub(super) replies: Arc<PendingReplies>,
@@ -52,24 +52,23 @@ pub(super) struct Opened {
 
 impl kv_runtime::Session for Session {
     type Link = Opened;
-    type Fatal = std::convert::Infallible;
+    /// Queues that do not match the settings: the front-server cannot route keys.
+    type Fatal = TopologyError;
 
-    async fn open(&mut self, connections: &Connections) -> lapin::Result<Opened> {
+    async fn open(
+        &mut self,
+        connections: &Connections,
+    ) -> Result<Opened, OpenError<TopologyError>> {
         self.generation += 1;
         // One connection: the front-server has nothing to ack, and direct reply-to needs the
         // replies consumed on the channel that publishes the reads.
         let connection = &connections.consume;
+        declare_topology(connection, &self.layout).await?;
         let writes = connection.create_channel().await?;
-        declare_topology(&writes, &self.queue).await?;
         writes
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let publisher = publisher::spawn(
-            writes.clone(),
-            &self.queue,
-            self.max_in_flight,
-            connections.blocked(),
-        );
+        let publisher = publisher::spawn(writes.clone(), self.max_in_flight, connections.blocked());
         let reads = connection.create_channel().await?;
         // Direct reply-to must be consumed in no-ack mode, before the first read is published.
         let no_ack = BasicConsumeOptions {
@@ -101,7 +100,11 @@ impl kv_runtime::Session for Session {
     /// until the link breaks.
     async fn run(&mut self, opened: &mut Opened, shutdown: &CancellationToken) -> End<Self::Fatal> {
         self.link.send_replace(Some(opened.link.clone()));
-        tracing::info!(queue = %self.queue, "ready: publishing to RabbitMQ");
+        tracing::info!(
+            queue = self.layout.base(),
+            partitions = self.layout.partitions(),
+            "ready: publishing to RabbitMQ"
+        );
         let generation = self.generation;
         let mut broken = self.broken.clone();
         loop {

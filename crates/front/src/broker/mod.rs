@@ -17,7 +17,7 @@ mod replies;
 
 pub use error::BrokerError;
 
-use kv_protocol::{DIRECT_REPLY_TO, Key, REQUEST_ID_HEADER, Reply, Request};
+use kv_protocol::{DIRECT_REPLY_TO, Key, Layout, REQUEST_ID_HEADER, Reply, Request, TopologyError};
 use kv_runtime::Supervisor;
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
@@ -67,7 +67,9 @@ pub struct Broker {
     replies: Arc<PendingReplies>,
     /// The generation of a link a request found broken; the supervisor then rebuilds it.
     broken: watch::Sender<u64>,
-    queue: ShortString,
+    layout: Layout,
+    /// Each partition's request queue, by partition, named once.
+    queues: Vec<ShortString>,
     deadline: Duration,
     /// The read deadline as an AMQP `expiration`, formatted once.
     expiration: ShortString,
@@ -79,15 +81,17 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts the supervisor that connects (and reconnects) to RabbitMQ. It runs until `shutdown`
-    /// is cancelled, then closes the connection; await the returned task to know it has.
+    /// Starts the supervisor that connects (and reconnects) to one of the RabbitMQ nodes at
+    /// `uris`. It runs until `shutdown` is cancelled, then closes the connection; await the
+    /// returned task to know it has. It stops early, with the error, if the queues RabbitMQ
+    /// has do not match `layout`.
     pub fn start(
-        uri: AMQPUri,
-        queue: &str,
+        uris: Vec<AMQPUri>,
+        layout: Layout,
         deadline: Duration,
         max_in_flight: usize,
         shutdown: CancellationToken,
-    ) -> (Self, JoinHandle<()>) {
+    ) -> (Self, JoinHandle<Result<(), TopologyError>>) {
         let (link_sender, link) = watch::channel(None);
         let replies = Arc::new(PendingReplies::default());
         let broken = watch::Sender::new(0);
@@ -96,23 +100,22 @@ impl Broker {
         let shutdown = shutdown.child_token();
         let stop_supervisor = shutdown.clone().drop_guard();
         let session = Session {
-            queue: queue.to_owned(),
+            layout: layout.clone(),
             link: link_sender,
             replies: replies.clone(),
             broken: broken.subscribe(),
             generation: 0,
             max_in_flight,
         };
-        let supervisor = Supervisor::new(uri, "front", queue, shutdown);
-        let task = tokio::spawn(async move {
-            let Ok(()) = supervisor.run(session).await;
-        });
+        let supervisor = Supervisor::new(uris, "front", layout.base(), shutdown);
+        let task = tokio::spawn(supervisor.run(session));
         let broker = Self {
             link,
             replies,
             broken,
             _stop_supervisor: stop_supervisor,
-            queue: queue.into(),
+            queues: layout.queues().map(ShortString::from).collect(),
+            layout,
             deadline,
             expiration: deadline.as_millis().to_string().into(),
             in_flight: Semaphore::new(max_in_flight),
@@ -182,7 +185,9 @@ impl Broker {
         let (_permit, link, left) = self.admit().await?;
         let generation = link.generation;
         let (done, verdict) = oneshot::channel();
+        let queue = self.queue_of(&key).clone();
         let write = Write {
+            queue: queue.clone(),
             body: Request::Put { key, value }.to_vec(),
             id: message_id(),
             headers: request_headers(request_id),
@@ -222,7 +227,7 @@ impl Broker {
                 // Someone deleted the queue: rebuilding the link declares it again.
                 report_broken(&self.broken, generation);
                 Err(BrokerError::Returned {
-                    queue: self.queue.to_string(),
+                    queue: queue.to_string(),
                 })
             }
             Verdict::Nacked => {
@@ -247,7 +252,7 @@ impl Broker {
             link.reads
                 .basic_publish(
                     "".into(),
-                    self.queue.clone(),
+                    self.queue_of(key).clone(),
                     BasicPublishOptions::default(),
                     &body,
                     properties,
@@ -265,6 +270,11 @@ impl Broker {
             Reply::Found { value } => Some(value),
             Reply::NotFound => None,
         })
+    }
+
+    /// The request queue of `key`'s partition.
+    fn queue_of(&self, key: &Key) -> &ShortString {
+        &self.queues[self.layout.partition_of(key) as usize]
     }
 
     fn link_failed(&self, generation: u64, err: lapin::Error) -> BrokerError {

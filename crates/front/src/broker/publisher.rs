@@ -12,6 +12,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// A write for the publisher task, and where to send what became of it.
 pub(super) struct Write {
+    /// The request queue of the key's partition.
+    pub(super) queue: ShortString,
     pub(super) body: Vec<u8>,
     pub(super) id: ShortString,
     pub(super) headers: FieldTable,
@@ -44,12 +46,11 @@ pub(super) enum Unpublished {
 /// connection.
 pub(super) fn spawn(
     writes: Channel,
-    queue: &str,
     capacity: usize,
     blocked: watch::Receiver<Option<String>>,
 ) -> mpsc::Sender<Write> {
     let (publisher, requests) = mpsc::channel(capacity);
-    tokio::spawn(publish_writes(writes, queue.into(), requests, blocked));
+    tokio::spawn(publish_writes(writes, requests, blocked));
     publisher
 }
 
@@ -76,7 +77,6 @@ pub(super) fn spawn(
 /// at before any verdict is given.
 async fn publish_writes(
     writes: Channel,
-    queue: ShortString,
     mut requests: mpsc::Receiver<Write>,
     blocked: watch::Receiver<Option<String>>,
 ) {
@@ -91,7 +91,7 @@ async fn publish_writes(
     loop {
         tokio::select! {
             request = requests.recv() => {
-                let Some(Write { body, id, headers, done }) = request else { break };
+                let Some(Write { queue, body, id, headers, done }) = request else { break };
                 if done.is_closed() {
                     tracing::debug!(message_id = %id, "dropping a write whose request has ended");
                     continue;
@@ -100,7 +100,6 @@ async fn publish_writes(
                     let _ = done.send(Err(Unpublished::Blocked(reason)));
                     continue;
                 }
-                let queue = queue.clone();
                 let properties = properties.clone().with_message_id(id.clone()).with_headers(headers);
                 in_flight.push(async move {
                     let confirmed = async {
