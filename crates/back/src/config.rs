@@ -1,5 +1,6 @@
 //! The back-server's settings; `back-server --help` prints them with their defaults.
 
+use crate::reshard::ReshardArgs;
 use clap::Parser;
 use kv_protocol::Layout;
 use kv_runtime::{AmqpSettings, LogSettings};
@@ -19,6 +20,10 @@ pub struct Config {
 
     #[command(flatten)]
     pub log: LogSettings,
+
+    /// Without a command, the back-server serves its partition.
+    #[command(subcommand)]
+    pub command: Option<Command>,
 
     /// The partition this back-server serves, from 0 to KV_PARTITIONS - 1, with its own DB_PATH.
     /// A second back-server for the same partition, on the same database file, waits as a hot
@@ -62,6 +67,14 @@ pub struct Config {
         default_value = "127.0.0.1:8081"
     )]
     pub admin_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Changes the number of partitions: moves every row to the database of its new partition
+    /// and replaces the queues. Run it with the front-servers and back-servers stopped and the
+    /// queues drained, and with the current KV_PARTITIONS.
+    Reshard(ReshardArgs),
 }
 
 impl Config {

@@ -1,5 +1,6 @@
 //! Entry point of `back-server`; hands off to the library.
 
+use back_server::config::Command;
 use back_server::{Application, Config};
 
 #[tokio::main]
@@ -9,6 +10,9 @@ async fn main() -> anyhow::Result<()> {
     let _failpoints = fail::FailScenario::setup();
     let config: Config = kv_runtime::parse_with_config_file()?;
     kv_runtime::init_tracing(&config.log);
+    if let Some(Command::Reshard(args)) = &config.command {
+        return back_server::reshard::run(&config.amqp, args).await;
+    }
     let application = Application::build(config).await?;
     application
         .run_until_stopped(kv_runtime::shutdown_signal())

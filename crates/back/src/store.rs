@@ -145,7 +145,9 @@ impl Store {
     }
 }
 
-fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+/// Opens (or creates) a database as the store keeps it: WAL, synchronous commits, schema up to
+/// date.
+pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let mut connection = Connection::open(path)?;
     // A hot standby for the same partition opens the same file while the active back-server
     // writes to it: wait for its locks rather than fail.

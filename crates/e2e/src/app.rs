@@ -312,10 +312,8 @@ impl TestApp {
 
     /// `GET /api?key=…`, with the key percent-encoded.
     pub async fn get_key(&self, key: &str) -> reqwest::Response {
-        let query: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("key", key)
-            .finish();
-        self.get_raw(&format!("/api?{query}")).await
+        let url = key_url(&self.address, key);
+        self.client.get(url).send().await.expect("GET is answered")
     }
 
     pub async fn get_raw(&self, path_and_query: &str) -> reqwest::Response {
@@ -459,6 +457,14 @@ impl Drop for TestApp {
         ];
         delete_queues_now(&self.amqp_url, queues);
     }
+}
+
+/// The URL that reads `key` from the front-server at `address`, the key percent-encoded.
+pub fn key_url(address: &str, key: &str) -> String {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("key", key)
+        .finish();
+    format!("{address}/api?{query}")
 }
 
 /// A server's settings, parsed by the server's own parser from environment-variable names and

@@ -11,7 +11,9 @@
 //! - [`broker_faults`]: a resource alarm and a frozen broker, always undone; connections closed
 //!   by RabbitMQ.
 //! - [`rng`]: a seeded generator, so that a seed replays a run.
-//! - [`writers`]: clients that keep writing while a test breaks something, and the audit after.
+//! - [`system`]: a scaled-out system of processes: partitions, several front-servers, standbys.
+//! - [`writers`]: clients that keep writing (and reading back) while a test breaks something,
+//!   and the audit after.
 //!
 //! Everything talks to the real RabbitMQ at `AMQP_URL` (default: the local broker).
 
@@ -20,6 +22,7 @@ pub mod broker_faults;
 pub mod queues;
 pub mod rng;
 pub mod server;
+pub mod system;
 pub mod writers;
 
 /// How long a test waits for a condition (a log line, a row, a queue's length) before it fails.

@@ -73,5 +73,5 @@ pub use layout::{Layout, QueueType, partition_of};
 pub use message::{Key, KeyError, MAX_KEY_BYTES, Reply, Request};
 pub use topology::{
     DEAD_REASON_HEADER, DIRECT_REPLY_TO, REQUEST_ID_HEADER, TopologyError, dead_letter_queue,
-    declare_topology,
+    declare_topology, existing_partitions,
 };

@@ -117,7 +117,7 @@ pub async fn declare_topology(
 /// How many partitions the queues named after `base` were created for, or `None` if there are
 /// none: `base` itself is the one queue of a single partition, `base.0`, `base.1`… are the
 /// queues of several.
-async fn existing_partitions(
+pub async fn existing_partitions(
     connection: &Connection,
     base: &str,
 ) -> Result<Option<u32>, TopologyError> {

@@ -416,6 +416,9 @@ fn watch_connection(
     async move {
         while let Some(event) = events.next().await {
             match event {
+                // A channel's error (a passive declare that found no queue, say) leaves the
+                // connection working; the session hears of its own channels' ends.
+                Event::Error(err) if err.is_amqp_soft_error() => {}
                 Event::Error(err) => return err.to_string(),
                 Event::ConnectionBlocked(reason) => {
                     tracing::warn!(%reason, "RabbitMQ blocks publishing (a resource alarm)");

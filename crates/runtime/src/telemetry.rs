@@ -27,8 +27,17 @@ pub struct LogSettings {
 }
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default of `info`.
+///
+/// lapin logs every channel that RabbitMQ closes as an error, among them the passive declares
+/// that find a queue missing, which is how the servers check the partition layout at each
+/// connect. The closes that matter end a server's link or setup, which logs them with their
+/// meaning; so lapin's own lines about channels are off, unless `RUST_LOG` names lapin.
 pub fn init_tracing(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let configured = std::env::var("RUST_LOG").ok();
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if !configured.is_some_and(|directives| directives.contains("lapin")) {
+        filter = filter.add_directive("lapin::channel=off".parse().expect("a valid directive"));
+    }
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -18,3 +18,4 @@ mod metrics;
 mod openapi;
 mod proxy;
 mod read_write;
+mod scale_out;
