@@ -105,15 +105,15 @@ impl Writers {
         let tasks = (0..load.clients)
             .map(|client| {
                 let (load, count, stop) = (load.clone(), count.clone(), stop.clone());
-                let keys: Vec<String> = (0..)
-                    .map(|n| format!("{}{client}.k{n}", load.prefix))
-                    .filter(|key| {
+                // Made as they are first needed: a load may cycle over more keys than fit in memory.
+                let mut names = (0..)
+                    .map(move |n| format!("{}{client}.k{n}", load.prefix))
+                    .filter(move |key| {
                         load.partition.is_none_or(|(partition, partitions)| {
                             kv_protocol::partition_of(key, partitions) == partition
                         })
-                    })
-                    .take(load.keys)
-                    .collect();
+                    });
+                let mut keys: Vec<String> = Vec::new();
                 tokio::spawn(async move {
                     let http = reqwest::Client::builder()
                         .timeout(Duration::from_secs(30))
@@ -124,7 +124,11 @@ impl Writers {
                         if stop.is_cancelled() {
                             break;
                         }
-                        let (key, value) = (keys[n % keys.len()].clone(), n as f64);
+                        let index = n % load.keys;
+                        if index == keys.len() {
+                            keys.push(names.next().expect("keys without end"));
+                        }
+                        let (key, value) = (keys[index].clone(), n as f64);
                         let front = (client + n) % load.fronts.len();
                         let started = Instant::now();
                         let sent = http
