@@ -152,10 +152,13 @@ async fn killing_the_node_that_leads_the_queue_under_load_loses_no_acknowledged_
     writers.wait_for_acked(acked + 1000).await;
 
     cluster(&["start-node", &leader.to_string()]);
-    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/cluster"))
-        .arg("status")
-        .status()
-        .unwrap();
+    let status = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/cluster"
+    ))
+    .arg("status")
+    .status()
+    .unwrap();
     assert!(status.success(), "node {leader} rejoined the cluster");
     let acked = writers.acked();
     writers.wait_for_acked(acked + 300).await;
@@ -169,7 +172,11 @@ async fn killing_the_node_that_leads_the_queue_under_load_loses_no_acknowledged_
             "front-server {front} served again only after {took:?}"
         );
     }
-    assert_ne!(node_of(&doomed), leader, "the doomed front moved to another node");
+    assert_ne!(
+        node_of(&doomed),
+        leader,
+        "the doomed front moved to another node"
+    );
     audit_run(&system, &attempts).await;
 }
 

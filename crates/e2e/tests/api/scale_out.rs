@@ -243,3 +243,79 @@ async fn a_server_moves_on_to_the_next_node_when_one_does_not_answer() {
     let (status, body) = get(&client, &front.address, "anywhere").await;
     assert_eq!((status, body), (200, json!({"success": true, "data": 7.0})));
 }
+
+#[tokio::test]
+async fn each_partition_dead_letters_into_its_own_queue_and_refuses_keys_of_another() {
+    let system = System::new(&amqp_url(), 2, QueueType::Quorum);
+    let _backs = [
+        system.start_back(0, &[]).await,
+        system.start_back(1, &[]).await,
+    ];
+    let connection =
+        lapin::Connection::connect(&system.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let stranger = &keys_in("stranger-", 0, 2, 1)[0];
+    let misrouted = json!({"op": "put", "key": stranger, "value": 1.0}).to_string();
+    // Into partition 1's queue: one message that is no request, one with a key of partition 0.
+    for body in [&b"not json"[..], misrouted.as_bytes()] {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                system.layout.queue(1).as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+    let dead = kv_protocol::dead_letter_queue(&system.layout.queue(1));
+    let mut reasons = Vec::new();
+    let started = Instant::now();
+    while reasons.len() < 2 {
+        assert!(started.elapsed() < kv_e2e::PATIENCE, "only {reasons:?}");
+        let got = channel
+            .basic_get(
+                dead.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        match got {
+            Some(message) => {
+                let headers = message.delivery.properties.headers().clone().unwrap();
+                match headers.inner().get(kv_protocol::DEAD_REASON_HEADER) {
+                    Some(lapin::types::AMQPValue::LongString(reason)) => {
+                        reasons.push(reason.to_string())
+                    }
+                    other => panic!("no reason: {other:?}"),
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(reasons[0].contains("unparseable"), "{reasons:?}");
+    assert!(
+        reasons[1].contains(&format!("key '{stranger}' belongs to partition 0, not 1")),
+        "{reasons:?}"
+    );
+    let dead_of_0 = kv_protocol::dead_letter_queue(&system.layout.queue(0));
+    assert_eq!(
+        ready_messages(&system.amqp_url, &dead_of_0).await.unwrap(),
+        0
+    );
+    assert!(
+        system.all_values().is_empty(),
+        "no database took the stranger"
+    );
+    let _ = connection.close(200, "done".into()).await;
+}
