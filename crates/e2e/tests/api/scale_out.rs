@@ -92,11 +92,14 @@ async fn a_partition_without_its_back_server_delays_only_its_own_keys() {
 
 #[tokio::test]
 async fn a_standby_back_server_takes_over_when_the_active_one_is_killed_and_nothing_is_lost() {
-    let system = System::new(&amqp_url(), 2, QueueType::Quorum);
+    let system = System::new(&amqp_url(), 4, QueueType::Quorum);
     let mut active = system.start_back(0, &[]).await;
     // The same partition and database: RabbitMQ gives the queue to one consumer at a time.
     let _standby = system.start_back(0, &[]).await;
-    let _other = system.start_back(1, &[]).await;
+    let mut others = Vec::new();
+    for partition in 1..4 {
+        others.push(system.start_back(partition, &[]).await);
+    }
     let fronts = [system.start_front(&[]).await, system.start_front(&[]).await];
     let writers = Writers::start_load(Load {
         prefix: "standby",
@@ -105,7 +108,7 @@ async fn a_standby_back_server_takes_over_when_the_active_one_is_killed_and_noth
         keys: 10,
         writes: usize::MAX,
         read_back: true,
-        partition: Some((0, 2)),
+        partition: Some((0, 4)),
     });
     writers.wait_for_acked(200).await;
     active.kill().await;
