@@ -112,14 +112,26 @@ async fn a_standby_back_server_takes_over_when_the_active_one_is_killed_and_noth
     });
     writers.wait_for_acked(200).await;
     active.kill().await;
+    let killed = Instant::now();
     let acked = writers.acked();
     writers.wait_for_acked(acked + 300).await;
     let attempts = writers.stop().await;
+    // Writes acknowledged after the kill are in SQLite, and reads after it were answered: only
+    // the standby can have done either.
     let acked = audit_values(|| system.all_values(), &attempts).await;
     let reads = assert_reads_saw_their_writes(&attempts);
+    let answered_after_kill = attempts
+        .iter()
+        .filter_map(|attempt| attempt.read_back.as_ref())
+        .filter(|read| read.outcome == Ok(200) && read.finished > killed)
+        .count();
     assert!(
         acked >= 500 && reads >= 400,
         "{acked} writes, {reads} reads"
+    );
+    assert!(
+        answered_after_kill >= 100,
+        "only {answered_after_kill} reads answered after the kill"
     );
     assert!(
         attempts
