@@ -337,17 +337,7 @@ impl TestApp {
 
     /// Every key and value in SQLite, read straight from the database file.
     pub fn db_values(&self) -> std::collections::HashMap<String, f64> {
-        let connection = rusqlite::Connection::open_with_flags(
-            &self.db_path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("open the database");
-        let mut statement = connection.prepare("SELECT key, value FROM kv").unwrap();
-        statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        db_values_at(&self.db_path)
     }
 
     /// How many messages the back-server keeps a redelivery count for.
@@ -409,19 +399,7 @@ impl TestApp {
     /// Puts `body` on the request queue as a persistent message, as a hand-crafted or foreign
     /// sender would, and waits for RabbitMQ's ack. `channel` must be in confirm mode.
     pub async fn publish_raw(&self, channel: &lapin::Channel, body: &[u8]) {
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                self.queue.as_str().into(),
-                lapin::options::BasicPublishOptions::default(),
-                body,
-                lapin::BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack());
+        publish_raw_to(channel, &self.queue, body).await
     }
 
     /// How many messages wait in `queue` (ready, not yet delivered to a consumer).
@@ -457,6 +435,37 @@ impl Drop for TestApp {
         ];
         delete_queues_now(&self.amqp_url, queues);
     }
+}
+
+/// Every key and value in the SQLite database at `path`, read straight from the file.
+pub fn db_values_at(path: &std::path::Path) -> std::collections::HashMap<String, f64> {
+    let connection =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the database");
+    let mut statement = connection.prepare("SELECT key, value FROM kv").unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Puts `body` on `queue` as a persistent message, as a hand-crafted or foreign sender would,
+/// and waits for RabbitMQ's ack. `channel` must be in confirm mode.
+pub async fn publish_raw_to(channel: &lapin::Channel, queue: &str, body: &[u8]) {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
 }
 
 /// The URL that reads `key` from the front-server at `address`, the key percent-encoded.

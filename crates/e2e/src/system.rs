@@ -3,7 +3,7 @@
 //! database per partition. For the tests of partitions, standbys and clusters.
 
 use crate::PATIENCE;
-use crate::app::{eventually, unique_queue};
+use crate::app::{db_values_at, eventually, unique_queue};
 use crate::queues::delete_queues_now;
 use crate::server::{ServerProcess, binaries};
 use kv_protocol::{Layout, QueueType, dead_letter_queue, partition_of};
@@ -54,6 +54,9 @@ impl System {
                 self.layout.queue_type().to_string(),
             ),
         ];
+        // Any free port: tests run side by side, and a default port may be taken.
+        settings.push(("FRONT_LISTEN".to_owned(), "127.0.0.1:0".to_owned()));
+        settings.push(("ADMIN_LISTEN".to_owned(), "127.0.0.1:0".to_owned()));
         settings.extend(self.env.iter().cloned());
         settings.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         settings
@@ -97,9 +100,7 @@ impl System {
 
     /// Starts a front-server (`extra` adds or overrides settings) and waits until it serves.
     pub async fn start_front(&self, extra: &[(&str, &str)]) -> Front {
-        let mut settings = vec![("FRONT_LISTEN", "127.0.0.1:0")];
-        settings.extend_from_slice(extra);
-        let process = self.start_process("front-server", &settings).await;
+        let process = self.start_process("front-server", extra).await;
         let address = format!("http://{}", process.wait_for_address("listening").await);
         process.wait_for_log("ready: publishing to RabbitMQ").await;
         Front { process, address }
@@ -113,7 +114,6 @@ impl System {
         let mut settings = vec![
             ("KV_PARTITION", partition_setting.as_str()),
             ("DB_PATH", db_path.to_str().expect("a UTF-8 temporary path")),
-            ("ADMIN_LISTEN", "127.0.0.1:0"),
         ];
         settings.extend_from_slice(extra);
         let process = self.start_process("back-server", &settings).await;
@@ -147,17 +147,7 @@ impl System {
         if !path.exists() {
             return HashMap::new();
         }
-        let connection = rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("open the database");
-        let mut statement = connection.prepare("SELECT key, value FROM kv").unwrap();
-        statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        db_values_at(&path)
     }
 
     /// Every key and value in every partition's database; fails if a key is in two of them or
