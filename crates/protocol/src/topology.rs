@@ -90,10 +90,14 @@ pub async fn declare_topology(
     let mut requests = kind.clone();
     // One consumer at a time keeps the queue's order, which read-your-writes depends on.
     requests.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-    for queue in layout.queues() {
+    // Last partition first, each dead-letter queue before its request queue, so that partition
+    // 0's request queue, the first the layout check looks for, exists only once all do: a
+    // server starting beside one that is still declaring sees the whole layout or none of it.
+    let queues: Vec<String> = layout.queues().collect();
+    for queue in queues.into_iter().rev() {
         for (name, arguments) in [
-            (queue.clone(), &requests),
             (dead_letter_queue(&queue), &kind),
+            (queue.clone(), &requests),
         ] {
             if let Err(err) = channel
                 .queue_declare(name.as_str().into(), durable, arguments.clone())

@@ -329,3 +329,25 @@ async fn each_partition_dead_letters_into_its_own_queue_and_refuses_keys_of_anot
     );
     let _ = connection.close(200, "done".into()).await;
 }
+
+#[tokio::test]
+async fn the_back_servers_of_a_new_layout_may_all_start_at_once() {
+    // Each starts beside others still declaring the queues: none may take a half-declared
+    // layout for one made with fewer partitions.
+    for _ in 0..5 {
+        let system = System::new(&amqp_url(), 4, QueueType::Quorum);
+        let mut backs = Vec::new();
+        for partition in 0..4 {
+            let partition = partition.to_string();
+            let db_path = system.db_path(partition.parse().unwrap());
+            let settings = [
+                ("KV_PARTITION", partition.as_str()),
+                ("DB_PATH", db_path.to_str().unwrap()),
+            ];
+            backs.push(system.start_process("back-server", &settings).await);
+        }
+        for back in &backs {
+            back.wait_for_log("consuming").await;
+        }
+    }
+}
