@@ -294,8 +294,7 @@ async fn benchmark(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<R
     let mut large_written: Vec<&Run> = large_table.iter().map(|row| &row.run).collect();
     large_written.push(&warm);
     let large_audit =
-        check::audit_when_applied(&large.db_paths, &large_written, Duration::from_secs(60))
-            .await?;
+        check::audit_when_applied(&large.db_paths, &large_written, Duration::from_secs(60)).await?;
     let large_left = large.stop().await?;
     let large_name = format!("table of {} rows", args.preload_keys);
 

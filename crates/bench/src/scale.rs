@@ -148,21 +148,13 @@ impl Matrix<'_> {
                 broker.name,
                 self.probe.as_secs()
             );
-            let limits = probe::measure(
-                &broker.amqp_url,
-                self.probe,
-                self.connections,
-                *queue_type,
-            )
-            .await?;
+            let limits =
+                probe::measure(&broker.amqp_url, self.probe, self.connections, *queue_type).await?;
             report
                 .limits
                 .push((broker.name.clone(), *queue_type, limits));
             for &partitions in self.partitions {
-                let name = format!(
-                    "{}, {queue_type}, {partitions} partition(s)",
-                    broker.name
-                );
+                let name = format!("{}, {queue_type}, {partitions} partition(s)", broker.name);
                 eprintln!("kv-bench: {name}…");
                 let dir_name = format!(
                     "{}-{queue_type}-p{partitions}",
@@ -173,38 +165,43 @@ impl Matrix<'_> {
                     partitions,
                     *queue_type,
                 );
-                let system = Scaled::start(self.bin_dir, self.work, &dir_name, broker, layout)
-                    .await?;
-                let post = system.measure(broker, || {
-                    system.wrk.run(
-                        Script::Post,
-                        self.connections,
-                        self.warmup,
-                        &[&format!("warm-{dir_name}")],
-                    )
-                }, || {
-                    system
-                        .wrk
-                        .run(Script::Post, self.connections, self.measured, &["post"])
-                })?;
+                let system =
+                    Scaled::start(self.bin_dir, self.work, &dir_name, broker, layout).await?;
+                let post = system.measure(
+                    broker,
+                    || {
+                        system.wrk.run(
+                            Script::Post,
+                            self.connections,
+                            self.warmup,
+                            &[&format!("warm-{dir_name}")],
+                        )
+                    },
+                    || {
+                        system
+                            .wrk
+                            .run(Script::Post, self.connections, self.measured, &["post"])
+                    },
+                )?;
                 let get_args = post.1.read_back_args()?;
                 let get_args = get_args.each_ref().map(String::as_str);
-                let get = system.measure(broker, || {
-                    system
-                        .wrk
-                        .run(Script::Get, self.connections, self.warmup, &get_args)
-                }, || {
-                    system
-                        .wrk
-                        .run(Script::Get, self.connections, self.measured, &get_args)
-                })?;
+                let get = system.measure(
+                    broker,
+                    || {
+                        system
+                            .wrk
+                            .run(Script::Get, self.connections, self.warmup, &get_args)
+                    },
+                    || {
+                        system
+                            .wrk
+                            .run(Script::Get, self.connections, self.measured, &get_args)
+                    },
+                )?;
                 // The warm-up's writes are acknowledged writes too: audit them with the rest.
-                let audit = check::audit_when_applied(
-                    &system.db_paths,
-                    &[&post.1, &post.2],
-                    PATIENCE,
-                )
-                .await?;
+                let audit =
+                    check::audit_when_applied(&system.db_paths, &[&post.1, &post.2], PATIENCE)
+                        .await?;
                 report.audits.push((name.clone(), audit));
                 let left = system.stop().await?;
                 report.queues_left.push((name, left));
@@ -256,9 +253,24 @@ impl Scaled {
             db_path: dir.join("kv.db"),
             logs: dir,
         };
-        let backs = (0..settings.layout.partitions())
-            .map(|partition| system::start_back_of(&settings, partition))
-            .collect();
+        // Servers that start together on a fresh layout race to declare its queues, and one
+        // that sees only some of them refuses to start ("created for 1 partition(s)"): the first
+        // back-server declares them all, the rest start once the last queue exists.
+        let mut backs = vec![system::start_back_of(&settings, 0)];
+        let last = settings.layout.queue(settings.layout.partitions() - 1);
+        let url = probe::first_node(&settings.amqp_url);
+        let started = std::time::Instant::now();
+        while ready_messages(url, &last).await.is_err() {
+            anyhow::ensure!(
+                started.elapsed() < PATIENCE,
+                "the first back-server did not declare {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        backs.extend(
+            (1..settings.layout.partitions())
+                .map(|partition| system::start_back_of(&settings, partition)),
+        );
         let (front, url) = system::start_front(&settings)?;
         let wrk = Wrk::new(&settings.logs, &url)?;
         let system = Self {
@@ -383,11 +395,26 @@ impl Report {
             );
         }
         println!();
-        println!("At {connections} connections. CPU µs per request: front-server, back-servers (sum), RabbitMQ (sum of its nodes), machine (all {cores} cores, wrk and anything else included). Capacity: {cores} cores ÷ (front + back + broker) CPU per request, what one {cores}-core machine per partition would carry without the load generator.");
+        println!(
+            "At {connections} connections. CPU µs per request: front-server, back-servers (sum), RabbitMQ (sum of its nodes), machine (all {cores} cores, wrk and anything else included). Capacity: {cores} cores ÷ (front + back + broker) CPU per request, what one {cores}-core machine per partition would carry without the load generator."
+        );
         println!();
         println!(
             "| {:<16} | {:<7} | {:>5} | {:<6} | {:>7} | {:>7} | {:>7} | {:>8} | {:>6} | {:>5} | {:>6} | {:>6} | {:>7} | {:>8} |",
-            "broker", "queues", "parts", "method", "req/s", "p50 ms", "p99 ms", "of limit", "non2xx", "front", "backs", "broker", "machine", "capacity"
+            "broker",
+            "queues",
+            "parts",
+            "method",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "of limit",
+            "non2xx",
+            "front",
+            "backs",
+            "broker",
+            "machine",
+            "capacity"
         );
         println!(
             "|{:-<18}|{:-<9}|{:->7}|{:-<8}|{:->9}|{:->9}|{:->9}|{:->10}|{:->8}|{:->7}|{:->8}|{:->8}|{:->9}|{:->10}|",

@@ -119,7 +119,10 @@ pub async fn wait_until_serving(base_url: &str, partitions: u32) -> anyhow::Resu
     loop {
         let mut still = Vec::new();
         for key in waiting {
-            if !matches!(get_status(address, &format!("/api?key={key}")).await, Ok(404)) {
+            if !matches!(
+                get_status(address, &format!("/api?key={key}")).await,
+                Ok(404)
+            ) {
                 still.push(key);
             }
         }
