@@ -1,9 +1,10 @@
 //! The benchmark's checks that nothing was lost: every acknowledged write is in SQLite with its
-//! value, and the request queue is empty at the end.
+//! value (in its own partition's database when there are several), and the request queues are
+//! empty at the end.
 
 use crate::load::Run;
 use rusqlite::{OpenFlags, OptionalExtension};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How the acknowledged writes of some runs compare with the database.
@@ -22,14 +23,25 @@ impl Audit {
     }
 }
 
-/// Looks up every acknowledged write of `runs` in the database at `db`.
-pub fn audit(db: &Path, runs: &[&Run]) -> anyhow::Result<Audit> {
-    let connection = rusqlite::Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut select = connection.prepare("SELECT value FROM kv WHERE key = ?1")?;
+/// Looks up every acknowledged write of `runs` in the database of its partition: `dbs[i]` is
+/// partition `i`'s of `dbs.len()`. A key in some other partition's database counts as missing,
+/// since reads would never find it there.
+pub fn audit(dbs: &[PathBuf], runs: &[&Run]) -> anyhow::Result<Audit> {
+    anyhow::ensure!(!dbs.is_empty(), "an audit needs at least one database");
+    let connections = dbs
+        .iter()
+        .map(|db| rusqlite::Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut selects = connections
+        .iter()
+        .map(|db| db.prepare("SELECT value FROM kv WHERE key = ?1"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let partitions = u32::try_from(dbs.len())?;
     let mut audit = Audit::default();
     for writes in runs.iter().flat_map(|run| &run.writes) {
         for (key, value) in writes.acknowledged() {
             audit.acknowledged += 1;
+            let select = &mut selects[kv_protocol::partition_of(&key, partitions) as usize];
             let stored: Option<f64> = select.query_row([&key], |row| row.get(0)).optional()?;
             let problem = match stored {
                 None => {
@@ -50,16 +62,16 @@ pub fn audit(db: &Path, runs: &[&Run]) -> anyhow::Result<Audit> {
     Ok(audit)
 }
 
-/// Audits until nothing is missing or `patience` runs out: the back-server may still be working
+/// Audits until nothing is missing or `patience` runs out: the back-servers may still be working
 /// through writes that RabbitMQ confirmed a moment ago.
 pub async fn audit_when_applied(
-    db: &Path,
+    dbs: &[PathBuf],
     runs: &[&Run],
     patience: Duration,
 ) -> anyhow::Result<Audit> {
     let started = Instant::now();
     loop {
-        let audit = audit(db, runs)?;
+        let audit = audit(dbs, runs)?;
         if audit.is_clean() || started.elapsed() > patience {
             return Ok(audit);
         }

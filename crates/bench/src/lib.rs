@@ -1,10 +1,12 @@
-//! The benchmark of the key-value system (`kv-bench`, run by `scripts/bench`), the probe of
-//! RabbitMQ's own limits it measures the system against (`limits-probe`), and the chaos soak
-//! (`kv-soak`, run by `scripts/soak`).
+//! The benchmark of the key-value system (`kv-bench`, run by `scripts/bench`, with its scale-out
+//! matrix over partitions, queue types and a cluster in [`scale`]), the probe of RabbitMQ's own
+//! limits it measures the system against (`limits-probe`), and the chaos soak (`kv-soak`, run by
+//! `scripts/soak`).
 
 pub mod check;
 pub mod load;
 pub mod probe;
+pub mod scale;
 pub mod soak;
 pub mod system;
 

@@ -58,6 +58,28 @@ impl Run {
     }
 }
 
+impl Run {
+    /// Arguments of the GET script that read keys this POST run wrote: a run of acknowledged
+    /// keys of its first thread. (Its key 1 may never have been sent: wrk calls the script once
+    /// to check it.)
+    pub fn read_back_args(&self) -> anyhow::Result<[String; 3]> {
+        let first_writes = self.writes.first().context("the POST run wrote keys")?;
+        let acknowledged = |n: &u64| !first_writes.unacknowledged.contains(n);
+        let low = (1..=first_writes.sent)
+            .find(acknowledged)
+            .context("the POST run wrote nothing")?;
+        let high = (low..=first_writes.sent)
+            .take_while(acknowledged)
+            .last()
+            .unwrap_or(low);
+        Ok([
+            first_writes.prefix.clone(),
+            low.to_string(),
+            high.to_string(),
+        ])
+    }
+}
+
 /// The writes of one wrk thread: keys `<prefix><n>` with value `n`, for `n` in `1..=sent`,
 /// of which all but `unacknowledged` got a 200.
 #[derive(Debug, Clone)]

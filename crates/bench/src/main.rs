@@ -1,9 +1,10 @@
 //! `kv-bench`: the benchmark behind the README's Performance section. It measures RabbitMQ's own
 //! limits on this machine, starts the system from the release binaries on a fresh queue and
 //! database, drives it with wrk, prints one table, and fails if any acknowledged write is missing
-//! from SQLite or any request is left in the queue. `scripts/bench` builds and runs it.
+//! from SQLite or any request is left in the queue. `scripts/bench` builds and runs it. With
+//! `--scale` it runs only the scale-out matrix instead (partitions × queue types, and a cluster;
+//! see `kv_bench::scale`).
 
-use anyhow::Context;
 use clap::Parser;
 use kv_bench::check::{self, Audit};
 use kv_bench::load::{Run, Script, Wrk};
@@ -11,6 +12,7 @@ use kv_bench::probe::{self, Limits};
 use kv_bench::system::{self, Settings};
 use kv_e2e::queues::{delete_queues, ready_messages};
 use kv_e2e::server::{Memory, ServerProcess, memory_of};
+use kv_protocol::{Layout, QueueType};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +42,25 @@ struct Args {
     /// Seconds each RabbitMQ limits probe runs.
     #[arg(long, default_value_t = 5)]
     probe_seconds: u64,
+    /// Run only the scale-out matrix: POST then GET at the largest connection count for each of
+    /// `--partitions` with each of `--queue-types` on the broker at `AMQP_URL`, and with quorum
+    /// queues on the cluster at `--cluster-urls` if given.
+    #[arg(long)]
+    scale: bool,
+    /// Partition counts of the scale-out matrix: one back-server per partition.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    partitions: Vec<u32>,
+    /// Queue types of the scale-out matrix on the single broker.
+    #[arg(long, value_delimiter = ',', default_value = "classic,quorum")]
+    queue_types: Vec<QueueType>,
+    /// A cluster's comma-separated node URLs (`scripts/cluster urls`): the scale-out matrix also
+    /// runs there, with quorum queues.
+    #[arg(long)]
+    cluster_urls: Option<String>,
+    /// The script that names each cluster node's OS pid (`<script> pid N`), whose CPU time is the
+    /// cluster's.
+    #[arg(long, default_value = "scripts/cluster")]
+    cluster_script: PathBuf,
 }
 
 impl Args {
@@ -80,14 +101,21 @@ async fn main() -> anyhow::Result<()> {
         work.path().display()
     );
 
+    if args.scale {
+        return scale(&args, &bin_dir, work).await;
+    }
+
     eprintln!(
         "kv-bench: probing RabbitMQ's own limits ({} s each)…",
         args.probe_seconds
     );
+    // Measured on queues of the type the servers use, so that the fractions compare like with
+    // like.
     let limits = probe::measure(
         &args.broker.amqp_url,
         Duration::from_secs(args.probe_seconds),
         args.most_connections(),
+        system::default_layout(String::new()).queue_type(),
     )
     .await?;
 
@@ -95,6 +123,54 @@ async fn main() -> anyhow::Result<()> {
     match outcome {
         Ok(report) => {
             report.print(&args, &limits);
+            if !report.data_checks_pass() {
+                let kept = work.keep();
+                anyhow::bail!(
+                    "DATA CHECK FAILED: see above; logs and databases in {}",
+                    kept.display()
+                );
+            }
+            Ok(())
+        }
+        Err(err) => {
+            let kept = work.keep();
+            Err(err.context(format!("logs and databases kept in {}", kept.display())))
+        }
+    }
+}
+
+/// The scale-out matrix alone; fails, keeping the work directory, if any data check does.
+async fn scale(args: &Args, bin_dir: &Path, work: tempfile::TempDir) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.partitions.iter().all(|&n| n > 0),
+        "--partitions counts start at 1"
+    );
+    let local = kv_bench::scale::Broker::local(&args.broker.amqp_url);
+    let mut brokers: Vec<_> = args
+        .queue_types
+        .iter()
+        .map(|&queue_type| (local.clone(), queue_type))
+        .collect();
+    if let Some(urls) = &args.cluster_urls {
+        let cluster = kv_bench::scale::Broker::cluster(urls, &args.cluster_script)?;
+        brokers.push((cluster, QueueType::Quorum));
+    }
+    let connections = args.most_connections();
+    let matrix = kv_bench::scale::Matrix {
+        bin_dir,
+        work: work.path(),
+        connections,
+        measured: args.measured(),
+        warmup: args.warmup(),
+        probe: Duration::from_secs(args.probe_seconds),
+        partitions: &args.partitions,
+        brokers,
+    };
+    match matrix.run().await {
+        Ok(report) => {
+            println!();
+            println!("kv-bench --scale on {}", machine());
+            report.print(connections);
             if !report.data_checks_pass() {
                 let kept = work.keep();
                 anyhow::bail!(
@@ -147,31 +223,8 @@ async fn benchmark(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<R
             wrk.run(Script::Post, connections, args.measured(), &[&prefix])
         })?);
     }
-    // Reads of keys the first POST run wrote: a run of acknowledged keys of its first thread.
-    // (Its key 1 may never have been sent: wrk calls the script once to check it.)
-    let first_writes = rows[0]
-        .run
-        .writes
-        .first()
-        .context("the first POST run wrote keys")?;
-    let acknowledged = |n: &u64| !first_writes.unacknowledged.contains(n);
-    let low = (1..=first_writes.sent)
-        .find(acknowledged)
-        .context("the first POST run wrote nothing")?;
-    let high = (low..=first_writes.sent)
-        .take_while(acknowledged)
-        .last()
-        .unwrap_or(low);
-    let get_args = [
-        first_writes.prefix.clone(),
-        low.to_string(),
-        high.to_string(),
-    ];
-    let get_args = [
-        get_args[0].as_str(),
-        get_args[1].as_str(),
-        get_args[2].as_str(),
-    ];
+    let get_args = rows[0].run.read_back_args()?;
+    let get_args = get_args.each_ref().map(String::as_str);
     for &connections in &args.connections {
         eprintln!("kv-bench: GET, {connections} connections…");
         instance
@@ -207,7 +260,7 @@ async fn benchmark(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<R
     written.extend(warmups.iter());
     written.push(&mixed.run);
     let fresh_audit =
-        check::audit_when_applied(&instance.db_path, &written, Duration::from_secs(60)).await?;
+        check::audit_when_applied(&instance.db_paths, &written, Duration::from_secs(60)).await?;
     let (front_peak, back_peak) = instance.peak_memory()?;
     let fresh_left = instance.stop().await?;
 
@@ -241,7 +294,7 @@ async fn benchmark(args: &Args, bin_dir: &Path, work: &Path) -> anyhow::Result<R
     let mut large_written: Vec<&Run> = large_table.iter().map(|row| &row.run).collect();
     large_written.push(&warm);
     let large_audit =
-        check::audit_when_applied(&large.db_path, &large_written, Duration::from_secs(60)).await?;
+        check::audit_when_applied(&large.db_paths, &large_written, Duration::from_secs(60)).await?;
     let large_left = large.stop().await?;
     let large_name = format!("table of {} rows", args.preload_keys);
 
@@ -269,8 +322,8 @@ struct Instance {
     wrk: Wrk,
     /// Where the servers' logs are saved when the instance ends, however it ends.
     logs: PathBuf,
-    db_path: PathBuf,
-    queue: String,
+    db_paths: Vec<PathBuf>,
+    layout: Layout,
     amqp_url: String,
 }
 
@@ -287,7 +340,7 @@ impl Instance {
         Ok(Settings {
             bin_dir: bin_dir.to_owned(),
             amqp_url: amqp_url.to_owned(),
-            queue: format!("kv.bench.{}.{id}.{name}", std::process::id()),
+            layout: system::default_layout(format!("kv.bench.{}.{id}.{name}", std::process::id())),
             db_path: dir.join("kv.db"),
             logs: dir,
         })
@@ -334,15 +387,15 @@ impl Instance {
     async fn serve(settings: Settings) -> anyhow::Result<Self> {
         let back = system::start_back(&settings);
         let (front, url) = system::start_front(&settings)?;
-        system::wait_until_serving(&url).await?;
+        system::wait_until_serving(&url, 1).await?;
         let wrk = Wrk::new(&settings.logs, &url)?;
         Ok(Self {
             front,
             back,
             wrk,
+            db_paths: settings.db_paths(),
             logs: settings.logs,
-            db_path: settings.db_path,
-            queue: settings.queue,
+            layout: settings.layout,
             amqp_url: settings.amqp_url,
         })
     }
@@ -375,11 +428,9 @@ impl Instance {
     async fn stop(mut self) -> anyhow::Result<u32> {
         self.front.stop(SERVER_PATIENCE).await?;
         self.back.stop(SERVER_PATIENCE).await?;
-        let left = ready_messages(&self.amqp_url, &self.queue).await?;
-        let queues = [
-            self.queue.clone(),
-            kv_protocol::dead_letter_queue(&self.queue),
-        ];
+        let queue = self.layout.queue(0);
+        let left = ready_messages(&self.amqp_url, &queue).await?;
+        let queues = [queue.clone(), kv_protocol::dead_letter_queue(&queue)];
         delete_queues(&self.amqp_url, &queues).await?;
         Ok(left)
     }

@@ -2,6 +2,9 @@
 //! measured the way our servers use it. The benchmark reports the system's rates as fractions of
 //! these, so a figure means the same on a fast machine and on a slow or busy one.
 //!
+//! Both probes declare their queue with the type the system under test uses (classic or quorum),
+//! since a quorum queue's Raft log costs the broker far more per message than a classic queue.
+//!
 //! - **Durable writes**: persistent messages to a durable queue, publisher confirms pipelined
 //!   (a window of unconfirmed messages, as many concurrent POSTs make), consumed by one consumer
 //!   with a prefetch window and `multiple` acks. The rate is messages consumed per second.
@@ -11,11 +14,12 @@
 use anyhow::Context;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use kv_protocol::QueueType;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,15 +44,19 @@ pub struct Limits {
     pub round_trip_p99: Duration,
 }
 
-/// Runs both probes, each for `duration`, on queues of its own that it deletes afterwards.
+/// Runs both probes, each for `duration`, on queues of `queue_type` of its own that it deletes
+/// afterwards. `amqp_url` may be a cluster's comma-separated node list, as the servers take it:
+/// the probe connects to the first node, where its queues' leaders then live.
 pub async fn measure(
     amqp_url: &str,
     duration: Duration,
     in_flight: usize,
+    queue_type: QueueType,
 ) -> anyhow::Result<Limits> {
-    let durable_writes_per_sec = durable_writes(amqp_url, duration).await?;
+    let amqp_url = first_node(amqp_url);
+    let durable_writes_per_sec = durable_writes(amqp_url, duration, queue_type).await?;
     let (round_trips_per_sec, round_trip_p50, round_trip_p99) =
-        request_reply(amqp_url, duration, in_flight).await?;
+        request_reply(amqp_url, duration, in_flight, queue_type).await?;
     Ok(Limits {
         durable_writes_per_sec,
         round_trips_per_sec,
@@ -56,6 +64,11 @@ pub async fn measure(
         round_trip_p50,
         round_trip_p99,
     })
+}
+
+/// The first URL of a comma-separated node list (the whole of a single URL).
+pub fn first_node(amqp_url: &str) -> &str {
+    amqp_url.split(',').next().unwrap_or(amqp_url).trim()
 }
 
 async fn connect(amqp_url: &str, name: &str) -> anyhow::Result<Connection> {
@@ -73,23 +86,36 @@ fn probe_queue(kind: &str) -> String {
     format!("kv.probe.{kind}.{}.{nanos}", std::process::id())
 }
 
-async fn declare_durable(channel: &Channel, queue: &str) -> anyhow::Result<()> {
+async fn declare_durable(
+    channel: &Channel,
+    queue: &str,
+    queue_type: QueueType,
+) -> anyhow::Result<()> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(queue_type.as_str().into()),
+    );
     channel
-        .queue_declare(queue.into(), durable, FieldTable::default())
+        .queue_declare(queue.into(), durable, arguments)
         .await?;
     Ok(())
 }
 
-async fn durable_writes(amqp_url: &str, duration: Duration) -> anyhow::Result<f64> {
+async fn durable_writes(
+    amqp_url: &str,
+    duration: Duration,
+    queue_type: QueueType,
+) -> anyhow::Result<f64> {
     let queue = probe_queue("writes");
     let publisher = connect(amqp_url, "limits-probe publisher").await?;
     let consumer = connect(amqp_url, "limits-probe consumer").await?;
     let publish_channel = publisher.create_channel().await?;
-    declare_durable(&publish_channel, &queue).await?;
+    declare_durable(&publish_channel, &queue, queue_type).await?;
     publish_channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
@@ -167,12 +193,13 @@ async fn request_reply(
     amqp_url: &str,
     duration: Duration,
     in_flight: usize,
+    queue_type: QueueType,
 ) -> anyhow::Result<(f64, Duration, Duration)> {
     let queue = probe_queue("rpc");
     let responder = connect(amqp_url, "limits-probe responder").await?;
     let requester = connect(amqp_url, "limits-probe requester").await?;
     let respond_channel = responder.create_channel().await?;
-    declare_durable(&respond_channel, &queue).await?;
+    declare_durable(&respond_channel, &queue, queue_type).await?;
     let no_ack = BasicConsumeOptions {
         no_ack: true,
         ..BasicConsumeOptions::default()

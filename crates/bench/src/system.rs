@@ -1,9 +1,11 @@
-//! One running copy of the system for the benchmark: a back-server and a front-server started
-//! from the release binaries, on a queue and a database of their own, as the system tests' server
-//! processes ([`ServerProcess`]), which also say what `/proc` knows of their CPU time and memory.
+//! One running copy of the system for the benchmark: back-servers (one per partition) and a
+//! front-server started from the release binaries, on queues and databases of their own, as the
+//! system tests' server processes ([`ServerProcess`]), which also say what `/proc` knows of their
+//! CPU time and memory.
 
 use anyhow::{Context, bail};
 use kv_e2e::server::ServerProcess;
+use kv_protocol::Layout;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,35 +15,77 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 pub struct Settings {
     pub bin_dir: PathBuf,
+    /// One URL, or a cluster's comma-separated node list.
     pub amqp_url: String,
-    pub queue: String,
+    /// The request queues: their base name (`KV_QUEUE`), partition count and type.
+    pub layout: Layout,
+    /// Partition 0's database; see [`Settings::db_path`] for the others.
     pub db_path: PathBuf,
     pub logs: PathBuf,
 }
 
-/// The settings every server of the benchmark gets: its broker and queue, and quiet logs (the
+impl Settings {
+    /// The database of `partition`: `db_path` itself for partition 0, so that a one-partition
+    /// system keeps the file name it always had, else `db_path` with the partition's number.
+    pub fn db_path(&self, partition: u32) -> PathBuf {
+        if partition == 0 {
+            self.db_path.clone()
+        } else {
+            self.db_path.with_extension(format!("{partition}.db"))
+        }
+    }
+
+    /// Every partition's database, in partition order, as [`crate::check::audit`] takes them.
+    pub fn db_paths(&self) -> Vec<PathBuf> {
+        (0..self.layout.partitions())
+            .map(|partition| self.db_path(partition))
+            .collect()
+    }
+}
+
+/// One partition named `queue`, of the servers' default queue type: the system as `scripts/run`
+/// runs it, which is what the default benchmark and the soak measure.
+pub fn default_layout(queue: String) -> Layout {
+    let queue_type = kv_runtime::DEFAULT_QUEUE_TYPE
+        .parse()
+        .expect("the servers' default queue type parses");
+    Layout::new(queue, 1, queue_type)
+}
+
+/// The settings every server of the benchmark gets: its broker and queues, and quiet logs (the
 /// front-server logs every request at `info`).
-fn common(settings: &Settings) -> [(&str, &str); 3] {
-    [
-        ("AMQP_URL", settings.amqp_url.as_str()),
-        ("KV_QUEUE", settings.queue.as_str()),
-        ("RUST_LOG", "warn"),
+fn common(settings: &Settings) -> Vec<(&'static str, String)> {
+    vec![
+        ("AMQP_URL", settings.amqp_url.clone()),
+        ("KV_QUEUE", settings.layout.base().to_owned()),
+        ("KV_PARTITIONS", settings.layout.partitions().to_string()),
+        ("KV_QUEUE_TYPE", settings.layout.queue_type().to_string()),
+        ("RUST_LOG", "warn".to_owned()),
     ]
 }
 
 fn start(name: &'static str, settings: &Settings, env: &[(&str, &str)]) -> ServerProcess {
-    let mut all = common(settings).to_vec();
+    let common = common(settings);
+    let mut all: Vec<(&str, &str)> = common.iter().map(|(k, v)| (*k, v.as_str())).collect();
     all.extend_from_slice(env);
     ServerProcess::start(name, &settings.bin_dir.join(name), &all)
 }
 
+/// Starts the back-server of partition 0 (the only one when there is one partition).
 pub fn start_back(settings: &Settings) -> ServerProcess {
-    let db_path = settings.db_path.display().to_string();
+    start_back_of(settings, 0)
+}
+
+/// Starts the back-server of `partition`, on that partition's database.
+pub fn start_back_of(settings: &Settings, partition: u32) -> ServerProcess {
+    let db_path = settings.db_path(partition).display().to_string();
+    let partition = partition.to_string();
     start(
         "back-server",
         settings,
         &[
             ("DB_PATH", &db_path),
+            ("KV_PARTITION", &partition),
             // Any free port: the default one may be taken by a back-server already running here.
             ("ADMIN_LISTEN", "127.0.0.1:0"),
         ],
@@ -58,15 +102,32 @@ pub fn start_front(settings: &Settings) -> anyhow::Result<(ServerProcess, String
     Ok((server, format!("http://{listen}")))
 }
 
-/// Waits until a read goes all the way through: the front answers a GET of a key nobody wrote
-/// with `404`, which only the back-server can have said.
-pub async fn wait_until_serving(base_url: &str) -> anyhow::Result<()> {
+/// Waits until a read goes all the way through to every partition: the front answers a GET of a
+/// key nobody wrote in each partition with `404`, which only that partition's back-server can
+/// have said.
+pub async fn wait_until_serving(base_url: &str, partitions: u32) -> anyhow::Result<()> {
     let address = base_url.trim_start_matches("http://");
     let started = Instant::now();
+    let mut waiting: Vec<String> = (0..partitions)
+        .map(|partition| {
+            (0..)
+                .map(|i| format!("kv-bench-ready-{i}"))
+                .find(|key| kv_protocol::partition_of(key, partitions) == partition)
+                .expect("some key falls in every partition")
+        })
+        .collect();
     loop {
-        if let Ok(status) = get_status(address, "/api?key=kv-bench-ready").await
-            && status == 404
-        {
+        let mut still = Vec::new();
+        for key in waiting {
+            if !matches!(
+                get_status(address, &format!("/api?key={key}")).await,
+                Ok(404)
+            ) {
+                still.push(key);
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() {
             return Ok(());
         }
         if started.elapsed() > PATIENCE {

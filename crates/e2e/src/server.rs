@@ -155,18 +155,7 @@ impl ServerProcess {
 
     /// Total CPU time the process has used so far, user and system.
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // The command name, in parentheses, may hold spaces: count fields after its end.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("a /proc stat line")?
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        Ok(Duration::from_secs_f64(
-            ticks as f64 / clock_ticks_per_second(),
-        ))
+        cpu_time_of(self.pid())
     }
 
     pub fn log(&self) -> String {
@@ -219,6 +208,23 @@ impl Drop for ServerProcess {
             eprintln!("--- {} log ---\n{}", self.name, self.log());
         }
     }
+}
+
+/// Total CPU time process `pid` has used so far, user and system, from `/proc/<pid>/stat`: for
+/// our servers and for processes we did not start, such as the broker's Erlang VM.
+pub fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name, in parentheses, may hold spaces: count fields after its end.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("a /proc stat line")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second(),
+    ))
 }
 
 /// Resident memory of a process, in bytes.

@@ -99,7 +99,7 @@ impl System {
         let mut fronts = Vec::new();
         for _ in 0..2 {
             let (front, url) = system::start_front(&settings)?;
-            system::wait_until_serving(&url).await?;
+            system::wait_until_serving(&url, 1).await?;
             fronts.push((front, url));
         }
         Ok(Self {
@@ -126,7 +126,7 @@ impl System {
                 self.back = system::start_back(&self.settings);
             }
             Fault::CloseConnections => {
-                close_connections_of(&self.settings.queue);
+                close_connections_of(self.settings.layout.base());
             }
             Fault::RestartBroker => {
                 rabbitmqctl(&["stop_app"]);
@@ -238,7 +238,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         bin_dir,
         amqp_url: args.broker.amqp_url.clone(),
-        queue: format!("kv.soak.{}", std::process::id()),
+        layout: system::default_layout(format!("kv.soak.{}", std::process::id())),
         db_path: work.join("kv.db"),
         logs: work.clone(),
     };
@@ -250,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
         work.display()
     );
     let (queue, amqp_url, db_path) = (
-        settings.queue.clone(),
+        settings.layout.base().to_owned(),
         settings.amqp_url.clone(),
         settings.db_path.clone(),
     );

@@ -16,6 +16,9 @@ struct Args {
     /// Request/reply round trips kept in flight.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
+    /// The type of the probe's queues: `classic` or `quorum`, as the system's `KV_QUEUE_TYPE`.
+    #[arg(long, default_value = "classic")]
+    queue_type: kv_protocol::QueueType,
 }
 
 #[tokio::main]
@@ -25,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         &args.broker.amqp_url,
         Duration::from_secs(args.seconds),
         args.in_flight,
+        args.queue_type,
     )
     .await?;
     println!(
