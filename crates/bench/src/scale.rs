@@ -253,24 +253,9 @@ impl Scaled {
             db_path: dir.join("kv.db"),
             logs: dir,
         };
-        // Servers that start together on a fresh layout race to declare its queues, and one
-        // that sees only some of them refuses to start ("created for 1 partition(s)"): the first
-        // back-server declares them all, the rest start once the last queue exists.
-        let mut backs = vec![system::start_back_of(&settings, 0)];
-        let last = settings.layout.queue(settings.layout.partitions() - 1);
-        let url = probe::first_node(&settings.amqp_url);
-        let started = std::time::Instant::now();
-        while ready_messages(url, &last).await.is_err() {
-            anyhow::ensure!(
-                started.elapsed() < PATIENCE,
-                "the first back-server did not declare {last}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        backs.extend(
-            (1..settings.layout.partitions())
-                .map(|partition| system::start_back_of(&settings, partition)),
-        );
+        let backs = (0..settings.layout.partitions())
+            .map(|partition| system::start_back_of(&settings, partition))
+            .collect();
         let (front, url) = system::start_front(&settings)?;
         let wrk = Wrk::new(&settings.logs, &url)?;
         let system = Self {
