@@ -53,8 +53,10 @@ pub struct AmqpSettings {
     pub partitions: u32,
 }
 
-/// The queue type unless `KV_QUEUE_TYPE` says otherwise; the README's "Performance" says why.
-pub const DEFAULT_QUEUE_TYPE: &str = "quorum";
+/// The queue type unless `KV_QUEUE_TYPE` says otherwise. On one node a quorum queue replicates
+/// nothing and costs reads more; and a store made before queue types were a setting has classic
+/// queues, which a quorum default would refuse. The README's "Scaling out" gives the figures.
+pub const DEFAULT_QUEUE_TYPE: &str = "classic";
 
 /// More partitions than this is more queues than one cluster serves well, and more likely a typo.
 const MAX_PARTITIONS: i64 = 1024;
