@@ -62,6 +62,13 @@ pub struct Config {
     #[arg(long, env = "MAX_IN_FLIGHT", value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+
+    /// File of API tokens, one `<scope> <token>` per line (scope `read` or `write`; `#` starts a
+    /// comment line). When set, `/api` requires `Authorization: Bearer <token>`: `read` tokens
+    /// may GET, `write` tokens GET and POST. Re-read on SIGHUP. Unset: `/api` is open to anyone
+    /// who can reach the server.
+    #[arg(long, env = "API_TOKENS_FILE", value_name = "FILE")]
+    pub api_tokens_file: Option<PathBuf>,
 }
 
 impl Config {

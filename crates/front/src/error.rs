@@ -3,7 +3,8 @@
 
 use crate::broker::BrokerError;
 use axum::Json;
-use axum::http::{Method, StatusCode};
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kv_protocol::Key;
 use serde::Serialize;
@@ -29,6 +30,13 @@ pub enum ApiError {
     /// 413: a body over the configured limit.
     #[error("Request body too large, the limit is {0} bytes")]
     TooLarge(usize),
+    /// 401: `/api` without a token of `API_TOKENS_FILE` (only when it is set); the answer
+    /// carries `WWW-Authenticate: Bearer`. Missing and unknown tokens get the same answer.
+    #[error("Missing or unknown API token, must be 'Authorization: Bearer <token>'")]
+    Unauthorized,
+    /// 403: a `read` token on a write.
+    #[error("This API token may only read, storing a value needs a 'write' token")]
+    ReadOnlyToken,
     /// 404: a read of a key that has no value.
     #[error("Value for key '{0}' not found")]
     KeyNotFound(Key),
@@ -75,6 +83,8 @@ impl ApiError {
             Self::NotJson | Self::BadPair | Self::BadQuery => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::ReadOnlyToken => StatusCode::FORBIDDEN,
             Self::KeyNotFound(_) | Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Broker(BrokerError::NoReply(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -96,13 +106,20 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let message = self.to_string();
-        (
+        let mut response = (
             status,
             Json(Failure {
                 success: false,
                 message: &message,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Self::Unauthorized = self {
+            // RFC 6750: a 401 names the scheme that would have worked.
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

@@ -1,6 +1,7 @@
 //! Wiring and lifecycle: bind, start the broker supervisor, serve until shutdown, then close the
 //! AMQP connection. `main` and the tests both run exactly this.
 
+use crate::auth::{ApiTokens, reload_on_hangup};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::routes::{AppState, router};
@@ -12,6 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +24,8 @@ pub struct Application {
     broker: Arc<Broker>,
     broker_task: JoinHandle<Result<(), TopologyError>>,
     broker_shutdown: CancellationToken,
+    /// Re-reads `API_TOKENS_FILE` on SIGHUP; only when it is set.
+    token_reloader: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -30,9 +34,26 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let uris = config.amqp.uris()?;
         crate::routes::install_metrics();
+        // Before anything starts: a malformed file stops the server here.
+        let api_tokens = match &config.api_tokens_file {
+            Some(path) => Some(Arc::new(ApiTokens::load(path.clone())?)),
+            None => {
+                tracing::warn!(
+                    "API_TOKENS_FILE is not set: /api is open to anyone who can reach this server"
+                );
+                None
+            }
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen on {}", config.listen))?;
+        let token_reloader = match &api_tokens {
+            Some(tokens) => {
+                let hangups = signal(SignalKind::hangup()).context("install the SIGHUP handler")?;
+                Some(tokio::spawn(reload_on_hangup(tokens.clone(), hangups)))
+            }
+            None => None,
+        };
         let broker_shutdown = CancellationToken::new();
         let (broker, broker_task) = Broker::start(
             uris,
@@ -46,6 +67,7 @@ impl Application {
             broker: broker.clone(),
             body_limit: config.body_limit_bytes,
             body_read_timeout: std::time::Duration::from_millis(config.body_read_timeout_ms),
+            api_tokens,
         };
         let application = Self {
             listener,
@@ -57,6 +79,7 @@ impl Application {
             broker,
             broker_task,
             broker_shutdown,
+            token_reloader,
         };
         tracing::info!(address = %application.local_addr(), "listening");
         Ok(application)
@@ -90,6 +113,9 @@ impl Application {
             }
         };
         serve(self.listener, self.router, self.limits, stop).await;
+        if let Some(reloader) = self.token_reloader {
+            reloader.abort();
+        }
         self.broker_shutdown.cancel();
         let ended = match broker_ended {
             Some(ended) => ended,

@@ -1,6 +1,7 @@
 //! `/docs` in a real browser: headless Chromium, driven over WebDriver by `chromedriver`, opens
 //! Swagger UI on a running front-server, finds both operations of `/api`, stores a value with
-//! "Try it out" on `POST` and reads it back with `GET`, all from the page.
+//! "Try it out" on `POST` and reads it back with `GET`, all from the page; and the same on a
+//! server with API tokens, after entering a `write` token with the page's "Authorize".
 //!
 //! It needs Debian's `chromium` and `chromium-driver` packages, which `scripts/test` installs when
 //! run as root; without them this test fails and names the package to install.
@@ -8,7 +9,7 @@
 use fantoccini::elements::Element;
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
-use kv_e2e::app::{PATIENCE, spawn_app};
+use kv_e2e::app::{Options, PATIENCE, TestApp, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -183,6 +184,29 @@ where
 #[tokio::test]
 async fn the_docs_page_stores_a_value_and_reads_it_back_in_a_real_browser() {
     let app = spawn_app().await;
+
+    store_and_read_back_through_the_page(&app, None).await;
+
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_docs_page_authorizes_with_a_write_token_then_stores_and_reads_in_a_real_browser() {
+    let tokens = crate::auth::TokensFile::new("write browser-write-token\n");
+    let app = spawn_app_with(Options {
+        front_env: tokens.front_env(),
+        ..Options::default()
+    })
+    .await;
+
+    store_and_read_back_through_the_page(&app, Some("browser-write-token")).await;
+
+    app.shutdown().await;
+}
+
+/// Opens `/docs`, enters `token` with "Authorize" if there is one, stores a value with "Try it
+/// out" on `POST /api` and reads it back with `GET /api`, and checks both answers.
+async fn store_and_read_back_through_the_page(app: &TestApp, token: Option<&str>) {
     let driver = Chromedriver::start().await;
     let browser = driver.open_browser().await;
     let key = format!("browser-{}", app.queue);
@@ -198,6 +222,9 @@ async fn the_docs_page_stores_a_value_and_reads_it_back_in_a_real_browser() {
         let summary = wait_for(&browser, &format!("{operation} .opblock-summary")).await;
         let text = summary.text().await.unwrap();
         assert!(text.contains("/api"), "{operation}: {text:?}");
+    }
+    if let Some(token) = token {
+        authorize(&browser, token).await;
     }
     let (post_status, post_body) = try_it_out(&browser, write, async |browser: &Client| {
         let body = wait_for(browser, &format!("{write} textarea.body-param__text")).await;
@@ -215,5 +242,31 @@ async fn the_docs_page_stores_a_value_and_reads_it_back_in_a_real_browser() {
     assert_eq!(get_status, "200", "{get_body}");
     assert_eq!(get_body, json!({"success": true, "data": value}));
     browser.close().await.unwrap();
-    app.shutdown().await;
+}
+
+/// Presses the page's "Authorize", enters `token` as the bearer token, applies it and closes the
+/// dialog, as a user would.
+async fn authorize(browser: &Client, token: &str) {
+    wait_for(browser, ".auth-wrapper .btn.authorize")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let field = wait_for(browser, ".modal-ux #auth-bearer-value").await;
+    field.send_keys(token).await.unwrap();
+    wait_for(browser, ".modal-ux .auth-btn-wrapper button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    // Once applied, the dialog shows the scheme as authorized and offers "Logout".
+    wait_for_text(browser, ".modal-ux .auth-container h6", |text| {
+        text.contains("Authorized")
+    })
+    .await;
+    wait_for(browser, ".modal-ux .btn-done")
+        .await
+        .click()
+        .await
+        .unwrap();
 }

@@ -36,6 +36,7 @@ async fn help_lists_every_setting_with_its_variable_and_default() {
         "MAX_CONNECTIONS",
         "1000",
         "CONFIG_FILE",
+        "API_TOKENS_FILE",
     ] {
         assert!(
             front.contains(expected),

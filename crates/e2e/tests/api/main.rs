@@ -1,6 +1,7 @@
 //! End-to-end tests: the real front-server and back-server, in process, talking through the real
 //! RabbitMQ at `AMQP_URL` (default: the local broker), each test on its own queue and database.
 
+mod auth;
 mod back_down;
 mod browser;
 mod cli;

@@ -41,6 +41,7 @@ struct Exchange {
     status: u16,
     content_type: Option<String>,
     location: Option<String>,
+    www_authenticate: Option<String>,
     body: String,
 }
 
@@ -59,11 +60,26 @@ async fn send(
     content_type: Option<&str>,
     body: &str,
 ) -> Exchange {
+    send_with_token(address, None, method, path, content_type, body).await
+}
+
+/// [`send`], with `Authorization: Bearer <token>` if there is a token.
+async fn send_with_token(
+    address: &str,
+    token: Option<&str>,
+    method: &'static str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> Exchange {
     let mut request = client()
         .request(method.parse().unwrap(), format!("{address}{path}"))
         .body(body.to_owned());
     if let Some(content_type) = content_type {
         request = request.header("Content-Type", content_type);
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
     }
     let response = request.send().await.expect("answered");
     let header = |name: &str| {
@@ -73,12 +89,14 @@ async fn send(
             .map(|value| value.to_str().unwrap().to_owned())
     };
     let (content_type, location) = (header("content-type"), header("location"));
+    let www_authenticate = header("www-authenticate");
     Exchange {
         method,
         path: path.split('?').next().unwrap().to_owned(),
         status: response.status().as_u16(),
         content_type,
         location,
+        www_authenticate,
         body: response.text().await.unwrap(),
     }
 }
@@ -152,7 +170,8 @@ async fn the_document_lists_exactly_the_routes_and_methods_the_server_has() {
 #[tokio::test]
 async fn every_documented_answer_is_what_the_server_really_answers() {
     // Arrange: a working system; one without a back-server and a short read deadline (504);
-    // one whose broker never answers (503); a short body deadline (408).
+    // one whose broker never answers (503); a short body deadline (408); one that needs API
+    // tokens (401, 403).
     let app = spawn_app_with(Options {
         front_env: &[("BODY_READ_TIMEOUT_MS", "300")],
         ..Options::default()
@@ -166,6 +185,12 @@ async fn every_documented_answer_is_what_the_server_really_answers() {
     let no_broker = spawn_app_with(Options {
         amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
         wait_for_broker: false,
+        ..Options::front_only()
+    })
+    .await;
+    let tokens = crate::auth::TokensFile::new("read reader-token\nwrite writer-token\n");
+    let guarded = spawn_app_with(Options {
+        front_env: tokens.front_env(),
         ..Options::front_only()
     })
     .await;
@@ -195,6 +220,25 @@ async fn every_documented_answer_is_what_the_server_really_answers() {
         send(ok, "GET", "/openapi.json", None, "").await,
         send(ok, "GET", "/docs", None, "").await,
         send(ok, "GET", "/metrics", None, "").await,
+        send(&guarded.address, "GET", "/api?key=a", None, "").await,
+        send_with_token(
+            &guarded.address,
+            Some("wrong"),
+            "POST",
+            "/api",
+            json_type,
+            &pair,
+        )
+        .await,
+        send_with_token(
+            &guarded.address,
+            Some("reader-token"),
+            "POST",
+            "/api",
+            json_type,
+            &pair,
+        )
+        .await,
     ];
     exchanges.push(slow_body(&app).await);
 
@@ -228,13 +272,27 @@ async fn every_documented_answer_is_what_the_server_really_answers() {
             );
         }
     }
-    // `/openapi.json` serves the document itself.
+    // `/openapi.json` serves the document itself, the same with API tokens or without.
     let served: Value = serde_json::from_str(&exchanges[15].body).unwrap();
     assert_eq!(served, doc);
+    assert_eq!(document(&guarded.address).await, doc);
+    // Both operations of `/api` need the bearer scheme the document declares.
+    let scheme = &doc["components"]["securitySchemes"]["api_token"];
+    assert_eq!(
+        (&scheme["type"], &scheme["scheme"]),
+        (&json!("http"), &json!("bearer"))
+    );
+    for method in ["get", "post"] {
+        assert_eq!(
+            doc["paths"]["/api"][method]["security"],
+            json!([{"api_token": []}])
+        );
+    }
 
     app.shutdown().await;
     no_back.shutdown().await;
     no_broker.shutdown().await;
+    guarded.shutdown().await;
 }
 
 #[tokio::test]
@@ -283,6 +341,7 @@ async fn slow_body(app: &kv_e2e::app::TestApp) -> Exchange {
         status,
         content_type,
         location: None,
+        www_authenticate: None,
         body: body.to_owned(),
     }
 }
@@ -296,11 +355,17 @@ fn check_answer(doc: &Value, response: &Value, exchange: &Exchange) {
     );
     if let Some(headers) = response["headers"].as_object() {
         for name in headers.keys() {
-            assert_eq!(
-                name, "location",
-                "{what}: an unchecked header is documented"
-            );
-            assert!(exchange.location.is_some(), "{what}: no {name}");
+            match name.as_str() {
+                "location" => assert!(exchange.location.is_some(), "{what}: no {name}"),
+                "www-authenticate" => {
+                    assert_eq!(
+                        exchange.www_authenticate.as_deref(),
+                        Some("Bearer"),
+                        "{what}"
+                    )
+                }
+                _ => panic!("{what}: an unchecked header {name} is documented"),
+            }
         }
     }
     let Some(content) = response["content"].as_object() else {

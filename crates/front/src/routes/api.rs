@@ -19,8 +19,16 @@ use tower_http::request_id::RequestId;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::{RefOr, schema::AdditionalProperties};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api", get(read).post(write))
+/// Both operations behind the token check, which runs before any extractor reads the request:
+/// without a valid token, the answer is `401`/`403` whatever the body or query.
+pub fn router(state: &AppState) -> Router<AppState> {
+    let operations = get(read)
+        .post(write)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_token,
+        ));
+    Router::new().route("/api", operations)
 }
 
 /// A success answer; `data` is what the operation returns.
@@ -42,15 +50,21 @@ fn success<T>(data: T) -> Json<Success<T>> {
 ///
 /// The body is one `"key": number` pair; the key is 1 to 256 bytes of UTF-8. The `200` comes
 /// once RabbitMQ has written the write to disk: from then on it is never lost. Writing a key
-/// that exists replaces its value.
+/// that exists replaces its value. With `API_TOKENS_FILE`, needs a `write` token.
 #[utoipa::path(
     post,
     path = "/api",
     tag = "kv",
     request_body(content = NewPair, content_type = "application/json"),
+    security(("api_token" = [])),
     responses(
         (status = 200, description = "RabbitMQ holds the write durably", body = Success<String>,
             example = json!({"success": true, "data": "Value 21.5 stored for key 'temperature'"})),
+        (status = 401, description = super::examples::UNAUTHORIZED, body = Failure,
+            headers(("www-authenticate" = String, description = "`Bearer`")),
+            example = json!(super::examples::failure(ApiError::Unauthorized))),
+        (status = 403, description = "A `read` token: storing needs a `write` one (only with `API_TOKENS_FILE`; checked before the body)", body = Failure,
+            example = json!(super::examples::failure(ApiError::ReadOnlyToken))),
         (status = 400, description = "The body is not JSON, or not exactly one `\"key\": number` pair with a valid key", body = Failure,
             examples(
                 ("not JSON" = (value = json!(super::examples::failure(ApiError::NotJson)))),
@@ -89,7 +103,7 @@ async fn write(
 /// Read a value
 ///
 /// Exactly one query parameter, `key`. A read that starts after a write's `200` sees that write
-/// or a later one.
+/// or a later one. With `API_TOKENS_FILE`, needs a `read` or `write` token.
 #[utoipa::path(
     get,
     path = "/api",
@@ -98,9 +112,13 @@ async fn write(
         ("key" = String, Query, description = "The key: 1 to 256 bytes of UTF-8, percent-encoded. The only parameter allowed.",
             min_length = 1, max_length = 256, example = "temperature"),
     ),
+    security(("api_token" = [])),
     responses(
         (status = 200, description = "The key's value", body = Success<f64>,
             example = json!({"success": true, "data": 21.5})),
+        (status = 401, description = super::examples::UNAUTHORIZED, body = Failure,
+            headers(("www-authenticate" = String, description = "`Bearer`")),
+            example = json!(super::examples::failure(ApiError::Unauthorized))),
         (status = 400, description = "Not exactly one parameter named `key`, or an empty or too long key", body = Failure,
             example = json!(super::examples::failure(ApiError::BadQuery))),
         (status = 404, description = "The key has no value", body = Failure,

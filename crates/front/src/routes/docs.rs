@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ResponseBuilder, content::ContentBuilder};
 use utoipa_swagger_ui::Config;
 
@@ -32,7 +33,11 @@ pub const DOCS_PATH: &str = "/docs";
             back-server that owns a SQLite database. Every body is JSON: `{\"success\": true, \
             \"data\": ...}` or `{\"success\": false, \"message\": \"...\"}`. Any other path \
             answers `404` and any other method on a known path `405`, both with such a body \
-            (see the `NotFound` and `MethodNotAllowed` responses under components).",
+            (see the `NotFound` and `MethodNotAllowed` responses under components).\n\n\
+            When the server has an API tokens file (`API_TOKENS_FILE`), `/api` needs \
+            `Authorization: Bearer <token>`: a `read` token may read, a `write` token may read \
+            and store (in Swagger UI: \"Authorize\"). Without one, `/api` is open and never \
+            answers `401` or `403`. The other paths are always open.",
     ),
     paths(
         api::write,
@@ -45,7 +50,7 @@ pub const DOCS_PATH: &str = "/docs";
         docs_page
     ),
     components(schemas(Failure)),
-    modifiers(&FallbackResponses),
+    modifiers(&FallbackResponses, &BearerToken),
     tags(
         (name = "kv", description = "Store and read values"),
         (name = "probes", description = "For orchestrators and load balancers"),
@@ -130,6 +135,25 @@ fn swagger_file(tail: String, config: Arc<Config<'static>>) -> Response {
         Err(err) => {
             ApiError::Unexpected(anyhow::anyhow!("serve Swagger UI: {err}")).into_response()
         }
+    }
+}
+
+/// Declares the `api_token` security scheme that the `/api` operations name.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A token of the server's `API_TOKENS_FILE`: `read` for `GET /api`, `write` for \
+                 both operations.",
+            ))
+            .build();
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("api_token", SecurityScheme::Http(scheme));
     }
 }
 

@@ -19,6 +19,9 @@ pub fn unexpected() -> ApiError {
 pub const UNEXPECTED: &str =
     "Something unexpected; the details go to the server's log, never to the client";
 
+pub const UNAUTHORIZED: &str = "No `Authorization: Bearer <token>` header, or not a token of \
+    `API_TOKENS_FILE` (only when it is set; checked before anything else of the request)";
+
 /// `success` in a success body: always `true`.
 pub fn always_true() -> Schema {
     constant(true)

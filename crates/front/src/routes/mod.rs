@@ -31,11 +31,13 @@ pub struct AppState {
     pub body_limit: usize,
     /// How long a POST's body may take to arrive in full.
     pub body_read_timeout: std::time::Duration,
+    /// The tokens `/api` requires; `None` without `API_TOKENS_FILE`, and then `/api` is open.
+    pub api_tokens: Option<Arc<crate::auth::ApiTokens>>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .merge(api::router())
+        .merge(api::router(&state))
         .merge(health::router())
         .merge(docs::router())
         .merge(metrics::router())
