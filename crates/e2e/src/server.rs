@@ -66,6 +66,8 @@ pub struct ServerProcess {
     pid: u32,
     child: Child,
     log: watch::Receiver<Vec<String>>,
+    /// Copies stderr into `log` until the process closes it.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ServerProcess {
@@ -86,7 +88,7 @@ impl ServerProcess {
             .unwrap_or_else(|err| panic!("start {}: {err}", binary.display()));
         let (lines, log) = watch::channel(Vec::new());
         let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = stderr.next_line().await {
                 lines.send_modify(|lines| lines.push(line));
             }
@@ -97,6 +99,7 @@ impl ServerProcess {
             pid,
             child,
             log,
+            reader: Some(reader),
         }
     }
 
@@ -180,15 +183,26 @@ impl ServerProcess {
             .with_context(|| {
                 format!("{} did not stop within {within:?} of SIGTERM", self.name)
             })??;
+        self.read_to_the_end().await;
         anyhow::ensure!(status.success(), "{} exited with {status}", self.name);
         Ok(())
     }
 
     /// Waits for the process to exit, at most `within`.
     pub async fn exit_within(&mut self, within: Duration) -> ExitStatus {
-        match tokio::time::timeout(within, self.child.wait()).await {
+        let status = match tokio::time::timeout(within, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!("{} still runs after {within:?}:\n{}", self.name, self.log()),
+        };
+        self.read_to_the_end().await;
+        status
+    }
+
+    /// Once the process has exited: waits until its last lines are in the log, which the reader
+    /// may still be copying when the exit is seen.
+    async fn read_to_the_end(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(PATIENCE, reader).await;
         }
     }
 
