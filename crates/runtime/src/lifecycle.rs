@@ -48,9 +48,17 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl AmqpSettings {
     /// The URLs of the nodes to connect to, checked once at start-up, so that a typo fails fast
-    /// instead of being retried forever.
+    /// instead of being retried forever. With `AMQP_PASSWORD_FILE`, the file's password replaces
+    /// every URL's; a file that cannot be read or is empty is an error naming it.
     pub fn uris(&self) -> anyhow::Result<Vec<AMQPUri>> {
-        self.amqp_url
+        let password = self
+            .amqp_password_file
+            .as_deref()
+            .map(read_password_file)
+            .transpose()?;
+        let mut overridden = false;
+        let uris = self
+            .amqp_url
             .split(',')
             .map(|url| {
                 let url = url.trim();
@@ -58,10 +66,51 @@ impl AmqpSettings {
                     .parse()
                     .map_err(|err| anyhow::anyhow!("invalid AMQP_URL {}: {err}", redact(url)))?;
                 uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+                if let Some(password) = &password {
+                    overridden |= has_password(url);
+                    uri.authority.userinfo.password.clone_from(password);
+                }
                 Ok(uri)
             })
-            .collect()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if overridden && let Some(path) = &self.amqp_password_file {
+            tracing::info!(
+                file = %path.display(),
+                "AMQP_URL carries a password; the one of AMQP_PASSWORD_FILE is used instead"
+            );
+        }
+        Ok(uris)
     }
+}
+
+/// The password in the file at `path`, less one trailing newline (`\n` or `\r\n`), as editors
+/// and `echo` leave one.
+fn read_password_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let mut password = std::fs::read_to_string(path).map_err(|err| {
+        anyhow::anyhow!("cannot read AMQP_PASSWORD_FILE {}: {err}", path.display())
+    })?;
+    if password.ends_with('\n') {
+        password.pop();
+        if password.ends_with('\r') {
+            password.pop();
+        }
+    }
+    if password.is_empty() {
+        anyhow::bail!(
+            "AMQP_PASSWORD_FILE {} is empty: it must hold the RabbitMQ password",
+            path.display()
+        );
+    }
+    Ok(password)
+}
+
+/// Whether `url` writes a password (`user:password@`) in its authority.
+fn has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 /// The URL without its password, for logs and error messages.
@@ -500,9 +549,109 @@ mod tests {
         assert!(settings("amqp://h/%2f,").uris().is_err());
     }
 
+    fn password_file(content: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), content).unwrap();
+        file
+    }
+
+    fn with_password_file(url: &str, file: &std::path::Path) -> AmqpSettings {
+        AmqpSettings {
+            amqp_password_file: Some(file.to_owned()),
+            ..settings(url)
+        }
+    }
+
+    #[test]
+    fn the_password_file_gives_every_url_its_password_and_wins_over_the_urls() {
+        let file = password_file("s3cr:t@/%20\n");
+        let uris = with_password_file(
+            "amqp://kv-front@h1/kv, amqp://kv-front:old@h2/kv",
+            file.path(),
+        )
+        .uris()
+        .unwrap();
+        for uri in &uris {
+            assert_eq!(uri.authority.userinfo.username, "kv-front");
+            // Taken as is: not percent-decoded, and only the one trailing newline goes.
+            assert_eq!(uri.authority.userinfo.password, "s3cr:t@/%20");
+        }
+        let nodes: Vec<_> = uris.iter().map(redact_uri).collect();
+        assert_eq!(
+            nodes,
+            ["amqp://kv-front@h1:5672/kv", "amqp://kv-front@h2:5672/kv"]
+        );
+    }
+
+    #[test]
+    fn only_one_trailing_newline_is_stripped() {
+        for (content, expected) in [
+            ("pw\r\n", "pw"),
+            ("pw\n\n", "pw\n"),
+            ("pw", "pw"),
+            (" pw ", " pw "),
+        ] {
+            let file = password_file(content);
+            let uris = with_password_file("amqp://u@h/v", file.path())
+                .uris()
+                .unwrap();
+            assert_eq!(uris[0].authority.userinfo.password, expected, "{content:?}");
+        }
+    }
+
+    #[test]
+    fn without_the_file_the_urls_keep_their_passwords() {
+        let uris = settings("amqp://u:p@h/v").uris().unwrap();
+        assert_eq!(uris[0].authority.userinfo.password, "p");
+    }
+
+    #[test]
+    fn a_missing_or_empty_password_file_is_an_error_that_names_it() {
+        let err = with_password_file("amqp://u@h/v", "/nonexistent/amqp-password".as_ref())
+            .uris()
+            .unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(
+            shown.contains("AMQP_PASSWORD_FILE /nonexistent/amqp-password"),
+            "{shown}"
+        );
+        for content in ["", "\n"] {
+            let file = password_file(content);
+            let err = with_password_file("amqp://u@h/v", file.path())
+                .uris()
+                .unwrap_err();
+            let shown = format!("{err:#}");
+            assert!(
+                shown.contains(&file.path().display().to_string()),
+                "{shown}"
+            );
+            assert!(shown.contains("is empty"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_bad_url_is_named_without_the_files_password() {
+        let file = password_file("hunter2\n");
+        let err = with_password_file("amqp://u:p@h/v,http://u:p@h2/", file.path())
+            .uris()
+            .unwrap_err();
+        assert!(!format!("{err:#}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_password_in_a_url_is_found_only_in_its_authority() {
+        assert!(has_password("amqp://u:p@h/v"));
+        assert!(has_password("amqps://u:@h:5671"));
+        assert!(!has_password("amqp://u@h/v"));
+        assert!(!has_password("amqp://h:5672/v"));
+        assert!(!has_password("amqp://h/v?x=a:b@c"));
+        assert!(!has_password("amqp://u@h/a:b@c"));
+    }
+
     fn settings(url: &str) -> AmqpSettings {
         AmqpSettings {
             amqp_url: url.into(),
+            amqp_password_file: None,
             queue: "q".into(),
             queue_type: kv_protocol::QueueType::Quorum,
             partitions: 1,

@@ -26,6 +26,12 @@ pub struct AmqpSettings {
     )]
     pub amqp_url: String,
 
+    /// File holding the RabbitMQ password (a Docker or Kubernetes secret), so that AMQP_URL need
+    /// not carry it: its content, less one trailing newline, is the password of every URL in
+    /// AMQP_URL, and wins over a password written in a URL. Taken as is, not percent-encoded.
+    #[arg(long, env = "AMQP_PASSWORD_FILE", value_name = "PATH")]
+    pub amqp_password_file: Option<PathBuf>,
+
     /// Durable queue that carries writes and reads; `<KV_QUEUE>.dead` keeps unparseable messages.
     #[arg(
         long = "queue",
