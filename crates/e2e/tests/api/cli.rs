@@ -37,6 +37,7 @@ async fn help_lists_every_setting_with_its_variable_and_default() {
         "1000",
         "CONFIG_FILE",
         "API_TOKENS_FILE",
+        "AMQP_PASSWORD_FILE",
     ] {
         assert!(
             front.contains(expected),
@@ -56,6 +57,7 @@ async fn help_lists_every_setting_with_its_variable_and_default() {
         "ADMIN_LISTEN",
         "127.0.0.1:8081",
         "CONFIG_FILE",
+        "AMQP_PASSWORD_FILE",
     ] {
         assert!(
             back.contains(expected),
@@ -98,4 +100,27 @@ async fn a_server_without_a_broker_retries_and_never_logs_the_password() {
         "the log should say where it connects:\n{log}"
     );
     assert!(!log.contains("hunter2"), "the password leaked:\n{log}");
+}
+
+#[tokio::test]
+async fn an_unreadable_password_file_stops_either_server_at_start_naming_it() {
+    let binaries = binaries().await;
+    for binary in [&binaries.front, &binaries.back] {
+        let output = Command::new(binary)
+            .env_remove("CONFIG_FILE")
+            .env("AMQP_URL", "amqp://kv@127.0.0.1:1/kv")
+            .env("AMQP_PASSWORD_FILE", "/nonexistent/amqp-password")
+            .env("FRONT_LISTEN", "127.0.0.1:0")
+            .env("ADMIN_LISTEN", "127.0.0.1:0")
+            .env("DB_PATH", "/nonexistent/kv.db")
+            .output()
+            .expect("run the server");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{}: {stderr}", binary.display());
+        assert!(
+            stderr.contains("AMQP_PASSWORD_FILE /nonexistent/amqp-password"),
+            "{}: {stderr}",
+            binary.display()
+        );
+    }
 }

@@ -14,6 +14,7 @@ mod health;
 mod hostile;
 mod in_flight;
 mod late_reply;
+mod least_privilege;
 mod logs;
 mod metrics;
 mod openapi;
