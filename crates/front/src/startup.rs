@@ -32,7 +32,7 @@ impl Application {
     /// Binds the listener and starts connecting to RabbitMQ in the background: requests that
     /// arrive before the broker is reachable get `503` rather than waiting.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let uris = config.amqp.uris()?;
+        let nodes = config.amqp.nodes()?;
         crate::routes::install_metrics();
         // Before anything starts: a malformed file stops the server here.
         let api_tokens = match &config.api_tokens_file {
@@ -56,7 +56,7 @@ impl Application {
         };
         let broker_shutdown = CancellationToken::new();
         let (broker, broker_task) = Broker::start(
-            uris,
+            nodes,
             config.amqp.layout(),
             config.rpc_timeout(),
             config.max_in_flight as usize,
