@@ -58,6 +58,7 @@ impl Pki {
         // notAfter a day before now: expired the moment it is made.
         pki.sign("expired", "localhost", "DNS:localhost,IP:127.0.0.1", "-1");
         pki.sign("other-host", "rabbit.example", "DNS:rabbit.example", "2");
+        pki.sign("client", "kv-client", "DNS:kv-client", "2");
         for entry in std::fs::read_dir(pki.dir.path()).unwrap() {
             let path = entry.unwrap().path();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -146,6 +147,11 @@ impl Pki {
         self.pair("other-host")
     }
 
+    /// A client certificate signed by the authority, for a broker that asks for one.
+    pub fn client(&self) -> Pair {
+        self.pair("client")
+    }
+
     fn pair(&self, name: &str) -> Pair {
         Pair {
             cert: self.path(&format!("{name}.pem")),
@@ -166,6 +172,12 @@ impl TlsNode {
     /// Starts the node with AMQPS on 127.0.0.1:`port` (Erlang distribution on `port` + 20000)
     /// serving `certificate`, and waits until it accepts connections.
     pub fn start(port: u16, ca: &Path, certificate: &Pair) -> Self {
+        Self::start_with(port, ca, certificate, false)
+    }
+
+    /// As [`TlsNode::start`], and with `client_certificates` the node refuses a client that does
+    /// not present a certificate signed by `ca`.
+    pub fn start_with(port: u16, ca: &Path, certificate: &Pair, client_certificates: bool) -> Self {
         let name = format!("kvtls{port}@localhost");
         let dir = tempfile::tempdir().expect("a temporary directory");
         let base = dir.path();
@@ -183,10 +195,15 @@ impl TlsNode {
                  ssl_options.cacertfile = {base}/ca.pem\n\
                  ssl_options.certfile = {base}/cert.pem\n\
                  ssl_options.keyfile = {base}/key.pem\n\
-                 ssl_options.verify = verify_none\n\
-                 ssl_options.fail_if_no_peer_cert = false\n\
+                 ssl_options.verify = {verify}\n\
+                 ssl_options.fail_if_no_peer_cert = {client_certificates}\n\
                  loopback_users = none\n",
-                base = base.display()
+                base = base.display(),
+                verify = if client_certificates {
+                    "verify_peer"
+                } else {
+                    "verify_none"
+                },
             ),
         )
         .unwrap();

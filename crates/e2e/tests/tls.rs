@@ -1,7 +1,7 @@
 //! TLS on both links: to RabbitMQ (`amqps://`, a node of its own that speaks only AMQPS) and from
 //! clients to the front-server (HTTPS). A test binary of its own, since it starts RabbitMQ nodes
-//! (ports 5711 and 5712, distribution 25711 and 25712) beside the system broker; it changes
-//! nothing on the system broker, so it holds the broker lock shared.
+//! (ports 5711 to 5713, distribution 25711 to 25713) beside the system broker; it changes nothing
+//! on the system broker, so it holds the broker lock shared.
 
 use kv_e2e::app::{Lock, eventually, lock_broker};
 use kv_e2e::server::ServerProcess;
@@ -134,7 +134,7 @@ async fn the_system_works_over_amqps_with_the_ca_file_and_the_front_serves_https
 }
 
 /// The line a server logs for each refused try.
-const REFUSED: &str = "TLS handshake failed, its certificate was not accepted";
+const REFUSED: &str = "TLS handshake failed, a certificate problem";
 
 /// Starts `binary` of `system` with `extra`, waits until it has been refused twice (a retry), and
 /// checks it never connected; returns the refusals.
@@ -205,4 +205,42 @@ async fn broker_certificates_that_do_not_verify_are_refused_and_retried_never_in
     node.serve_certificate(&pki.server());
     let front = system.start_process("front-server", &with_ca[..1]).await;
     front.wait_for_log("ready: publishing to RabbitMQ").await;
+}
+
+#[tokio::test]
+async fn a_broker_that_asks_for_a_client_certificate_gets_the_one_of_amqp_cert_file() {
+    let _lock = lock_broker(Lock::Shared);
+    let pki = Pki::generate();
+    let node = TlsNode::start_with(5713, &pki.ca(), &pki.server(), true);
+    let system = System::new(&node.url("127.0.0.1"), 1, QueueType::Classic);
+    let ca = pki.ca();
+    let client = pki.client();
+    let ca_only = [("AMQP_CA_FILE", ca.to_str().unwrap())];
+
+    // Without one, the broker ends the connection (with TLS 1.3 after the handshake, so the
+    // client sees a reset, not an alert): a failed try, retried.
+    let mut without = system.start_process("front-server", &ca_only).await;
+    let lines = wait_for_log_lines(&without, "cannot connect to RabbitMQ", 2).await;
+    println!("front-server: {}", lines[0]);
+    assert!(
+        !without.log().contains("connected to RabbitMQ"),
+        "{}",
+        without.log()
+    );
+    without.kill().await;
+
+    // With it (and an IP address in the URL, which the server certificate lists), it connects.
+    let with = system
+        .start_process(
+            "front-server",
+            &[
+                ca_only[0],
+                ("AMQP_CERT_FILE", client.cert.to_str().unwrap()),
+                ("AMQP_KEY_FILE", client.key.to_str().unwrap()),
+            ],
+        )
+        .await;
+    let line = with.wait_for_log("connected to RabbitMQ").await;
+    assert!(line.contains("amqps://guest@127.0.0.1:5713/%2f"), "{line}");
+    with.wait_for_log("ready: publishing to RabbitMQ").await;
 }

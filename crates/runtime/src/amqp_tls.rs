@@ -103,11 +103,14 @@ fn check_certificates(setting: &str, path: &Path, pem: &[u8]) -> anyhow::Result<
     Ok(())
 }
 
-/// Whether a failed connect was TLS refusing the node's certificate (or the handshake), so that
-/// the log says so rather than leaving it to be read from lapin's wording.
+/// Whether a failed connect was TLS refusing a certificate or the handshake (rustls's
+/// `invalid peer certificate: …`, an alert from the broker), so that the log says so rather than
+/// leaving it to be read from lapin's wording. A connection the broker resets is not one: with
+/// TLS 1.3 a broker that wanted a client certificate shows only that way, but so does one going
+/// down, so it stays a plain failure.
 pub(crate) fn is_certificate_error(error: &str) -> bool {
     let error = error.to_ascii_lowercase();
-    ["certificate", "handshake", "tls", "peer"]
+    ["certificate", "handshake", "alert", "tls"]
         .iter()
         .any(|word| error.contains(word))
 }
@@ -155,6 +158,22 @@ mod tests {
         let err = format!("{:#}", with_ca.nodes().unwrap_err());
         assert!(err.contains("AMQP_CA_FILE"), "{err}");
         assert!(err.contains(&garbage.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn certificate_errors_are_told_from_other_failures() {
+        assert!(is_certificate_error(
+            "IO error: invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(is_certificate_error(
+            "IO error: received fatal alert: HandshakeFailure"
+        ));
+        assert!(!is_certificate_error(
+            "IO error: Connection reset by peer (os error 104)"
+        ));
+        assert!(!is_certificate_error(
+            "IO error: Connection refused (os error 111)"
+        ));
     }
 
     #[test]

@@ -445,8 +445,9 @@ async fn connect_with_backoff(
                 tracing::error!(
                     broker = %shown,
                     %error,
-                    "cannot connect to RabbitMQ: TLS handshake failed, its certificate was not \
-                     accepted (check AMQP_CA_FILE and that the URL's host is in the certificate)"
+                    "cannot connect to RabbitMQ: TLS handshake failed, a certificate problem \
+                     (check AMQP_CA_FILE, that the URL's host is in the broker's certificate, \
+                     and AMQP_CERT_FILE if the broker asks for one)"
                 );
                 continue;
             }
