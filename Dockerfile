@@ -53,15 +53,18 @@ RUN find crates -type f -exec touch {} + \
 # (kv, uid and gid 10001; USER gives the number, which runAsNonRoot-style checks can verify), and
 # the probe used by HEALTHCHECK. Debian slim has no curl or wget; the probe is a bash script that
 # sends a real HTTP request over bash's /dev/tcp and checks the status line, at no size cost.
-# The binaries need only libc, libm and libgcc_s, all in the base image (lapin is built without
-# TLS and SQLite is linked in), so nothing is installed. Both log one line per event to stderr,
-# which `docker logs` shows.
+# The binaries need only libc, libm and libgcc_s, all in the base image (TLS is rustls and SQLite
+# is linked in), so nothing is installed. Both log one line per event to stderr, which
+# `docker logs` shows. The one thing TLS needs from the system is a root store: `amqps://` URLs
+# load the system's roots (then add AMQP_CA_FILE), and find none in Debian slim, so the builder's
+# CA bundle (Debian's ca-certificates) is copied in.
 FROM debian:bookworm-slim AS runtime
 # Not --system: system ids end at 999, and useradd warns about 10001 there. --no-log-init: no
 # lastlog/faillog entry, which for a high uid is a large sparse file in the layer.
 RUN groupadd --gid 10001 kv \
     && useradd --no-log-init --uid 10001 --gid kv --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin kv
+COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 # Executable in git; COPY keeps the mode (no --chmod, so the classic builder works too).
 COPY docker/healthcheck /usr/local/bin/healthcheck
 

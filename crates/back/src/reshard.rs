@@ -129,10 +129,11 @@ pub async fn run(amqp: &AmqpSettings, args: &ReshardArgs) -> anyhow::Result<()> 
 /// Connects to the first node that answers.
 async fn connect(amqp: &AmqpSettings) -> anyhow::Result<Connection> {
     let mut errors = Vec::new();
-    for uri in amqp.uris()? {
+    let nodes = amqp.nodes()?;
+    for (node, uri) in nodes.uris.iter().enumerate() {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("back-server reshard ({})", amqp.queue).into());
-        match Connection::connect_uri(uri.clone(), properties).await {
+        match nodes.connect(node, properties).await {
             Ok(connection) => return Ok(connection),
             Err(err) => errors.push(format!(
                 "{}:{}: {err}",

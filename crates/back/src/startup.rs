@@ -7,8 +7,7 @@ use crate::config::Config;
 use crate::consumer::Consumer;
 use crate::store::Store;
 use anyhow::Context;
-use kv_runtime::Supervisor;
-use lapin::uri::AMQPUri;
+use kv_runtime::{Nodes, Supervisor};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Application {
     config: Config,
-    uris: Vec<AMQPUri>,
+    nodes: Nodes,
     store: Store,
     admin: TcpListener,
     status: Arc<Status>,
@@ -28,7 +27,7 @@ impl Application {
     /// RabbitMQ to be up.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
-        let uris = config.amqp.uris()?;
+        let nodes = config.amqp.nodes()?;
         admin::install_metrics();
         survive_file_size_limit()?;
         let admin = TcpListener::bind(config.admin_listen)
@@ -40,7 +39,7 @@ impl Application {
         tracing::info!(db = %config.db_path.display(), "database ready");
         let application = Self {
             config,
-            uris,
+            nodes,
             store,
             admin,
             status: Arc::default(),
@@ -72,7 +71,7 @@ impl Application {
             }
         });
         let queue = self.config.queue();
-        let supervisor = Supervisor::new(self.uris, "back", &queue, token.clone());
+        let supervisor = Supervisor::new(self.nodes, "back", &queue, token.clone());
         let consumer = Consumer {
             store: &self.store,
             config: &self.config,

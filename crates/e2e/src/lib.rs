@@ -12,6 +12,7 @@
 //!   by RabbitMQ.
 //! - [`rng`]: a seeded generator, so that a seed replays a run.
 //! - [`system`]: a scaled-out system of processes: partitions, several front-servers, standbys.
+//! - [`tls`]: certificates, and a RabbitMQ node that speaks only AMQPS, for the TLS tests.
 //! - [`writers`]: clients that keep writing (and reading back) while a test breaks something,
 //!   and the audit after.
 //!
@@ -23,6 +24,7 @@ pub mod queues;
 pub mod rng;
 pub mod server;
 pub mod system;
+pub mod tls;
 pub mod writers;
 
 /// How long a test waits for a condition (a log line, a row, a queue's length) before it fails.

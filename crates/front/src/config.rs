@@ -69,6 +69,15 @@ pub struct Config {
     /// who can reach the server.
     #[arg(long, env = "API_TOKENS_FILE", value_name = "FILE")]
     pub api_tokens_file: Option<PathBuf>,
+
+    /// PEM file of the server's certificate (and its chain) for HTTPS. With TLS_KEY_FILE the
+    /// server speaks HTTPS only; set both or neither.
+    #[arg(long, env = "TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM file of the private key of TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Config {

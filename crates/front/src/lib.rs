@@ -12,6 +12,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod error;
+pub mod https;
 pub mod routes;
 pub mod serve;
 pub mod startup;

@@ -12,6 +12,10 @@
 //!   accept, a task and a socket per refused client at exactly the moment the server has none to
 //!   spare.
 //! - On shutdown the loop stops accepting, idle connections close, and requests in flight finish.
+//! - With HTTPS (`TLS_CERT_FILE`), each accepted stream goes through the TLS handshake in its own
+//!   task, within the header read timeout too, so that a client stalling the handshake holds its
+//!   slot no longer than one stalling its headers. A failed handshake (a plain HTTP request
+//!   among them) ends only that connection, logged at debug.
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -21,8 +25,10 @@ use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 /// Largest read buffer per connection, which also caps the size of a request's headers (larger
 /// ones get hyper's `431`). hyper's own default, about 400 KiB, would let each slow client pin
@@ -39,11 +45,12 @@ pub struct Limits {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then waits for open connections to
-/// finish the requests they are in.
+/// finish the requests they are in. With `tls`, every connection is HTTPS.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut http = http1::Builder::new();
@@ -79,21 +86,46 @@ pub async fn serve(
                 }
             },
         };
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
-        let connection = graceful.watch(connection);
+        let http = http.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            // Timeouts and malformed requests end here; hyper has already answered what it could.
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, "connection closed");
+            match tls {
+                None => serve_connection(&http, stream, service, watcher).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve_connection(&http, stream, service, watcher).await,
+                        Ok(Err(err)) => tracing::debug!(%err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(
+                            timeout = ?handshake_timeout,
+                            "TLS handshake not done within the header read timeout"
+                        ),
+                    }
+                }
             }
             drop(slot);
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves HTTP/1 on one accepted (and, with HTTPS, decrypted) stream until it closes.
+async fn serve_connection<S>(
+    http: &http1::Builder,
+    stream: S,
+    service: TowerToHyperService<axum::Router>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+    // Timeouts and malformed requests end here; hyper has already answered what it could.
+    if let Err(err) = connection.await {
+        tracing::debug!(%err, "connection closed");
+    }
 }
 
 /// Errors of one connection that died before it was accepted; the listener itself is fine.

@@ -4,6 +4,7 @@
 use crate::auth::{ApiTokens, reload_on_hangup};
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::https;
 use crate::routes::{AppState, router};
 use crate::serve::{Limits, serve};
 use anyhow::Context;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub struct Application {
@@ -26,13 +28,19 @@ pub struct Application {
     broker_shutdown: CancellationToken,
     /// Re-reads `API_TOKENS_FILE` on SIGHUP; only when it is set.
     token_reloader: Option<JoinHandle<()>>,
+    /// The TLS side of HTTPS, with `TLS_CERT_FILE` and `TLS_KEY_FILE`.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Application {
     /// Binds the listener and starts connecting to RabbitMQ in the background: requests that
     /// arrive before the broker is reachable get `503` rather than waiting.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let uris = config.amqp.uris()?;
+        let nodes = config.amqp.nodes()?;
+        let tls = https::acceptor(
+            config.tls_cert_file.as_deref(),
+            config.tls_key_file.as_deref(),
+        )?;
         crate::routes::install_metrics();
         // Before anything starts: a malformed file stops the server here.
         let api_tokens = match &config.api_tokens_file {
@@ -56,7 +64,7 @@ impl Application {
         };
         let broker_shutdown = CancellationToken::new();
         let (broker, broker_task) = Broker::start(
-            uris,
+            nodes,
             config.amqp.layout(),
             config.rpc_timeout(),
             config.max_in_flight as usize,
@@ -80,8 +88,14 @@ impl Application {
             broker_task,
             broker_shutdown,
             token_reloader,
+            tls,
         };
-        tracing::info!(address = %application.local_addr(), "listening");
+        let scheme = if application.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(address = %application.local_addr(), scheme, "listening");
         Ok(application)
     }
 
@@ -112,7 +126,7 @@ impl Application {
                 ended = &mut broker_task => broker_ended = Some(ended),
             }
         };
-        serve(self.listener, self.router, self.limits, stop).await;
+        serve(self.listener, self.router, self.limits, self.tls, stop).await;
         if let Some(reloader) = self.token_reloader {
             reloader.abort();
         }

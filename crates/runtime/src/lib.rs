@@ -3,12 +3,14 @@
 //! their health probes, and the shutdown signal. A server's own crate holds only what makes it
 //! that server.
 
+mod amqp_tls;
 mod lifecycle;
 pub mod probe;
 mod settings;
 mod signal;
 mod telemetry;
 
+pub use amqp_tls::Nodes;
 pub use lifecycle::{
     CLOSE_TIMEOUT, Connections, End, OpenError, SETUP_TIMEOUT, Session, Supervisor, redact,
 };

@@ -19,9 +19,10 @@
 //! publishing connection is blocked, and why ([`Connections::blocked`]).
 
 use crate::AmqpSettings;
+use crate::amqp_tls::{Nodes, is_certificate_error};
 use futures_util::StreamExt;
 use kv_protocol::TopologyError;
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties, Event};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -232,8 +233,8 @@ pub trait Session: Send {
 
 /// Keeps a server connected to RabbitMQ for as long as it runs; see the module docs.
 pub struct Supervisor {
-    /// The nodes' URLs, tried in turn.
-    uris: Vec<AMQPUri>,
+    /// The nodes, tried in turn.
+    nodes: Nodes,
     /// The node to try first.
     first: usize,
     /// The reconnect counter's label: `front` or `back`.
@@ -244,14 +245,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor for `server` (`front` or `back`) on `queue`, connecting to one of `uris` (see
+    /// A supervisor for `server` (`front` or `back`) on `queue`, connecting to one of `nodes` (see
     /// the module docs), which stops when `shutdown` is cancelled. Names and zeroes its counter,
     /// so call it after the metrics recorder is installed.
     ///
     /// # Panics
-    /// If `uris` is empty.
+    /// If `nodes` is empty.
     pub fn new(
-        uris: Vec<AMQPUri>,
+        nodes: Nodes,
         server: &'static str,
         queue: &str,
         shutdown: CancellationToken,
@@ -262,7 +263,10 @@ impl Supervisor {
         );
         // Present from the start at 0, so that `rate()` and `increase()` see the first event too.
         metrics::counter!(RECONNECTS, "server" => server).increment(0);
-        assert!(!uris.is_empty(), "a supervisor needs a node to connect to");
+        assert!(
+            !nodes.uris.is_empty(),
+            "a supervisor needs a node to connect to"
+        );
         // Any start spreads servers over nodes as long as it differs between them: a random one
         // does, in containers too, where every server may have the same process id.
         let first = {
@@ -270,10 +274,10 @@ impl Supervisor {
             std::collections::hash_map::RandomState::new()
                 .build_hasher()
                 .finish() as usize
-                % uris.len()
+                % nodes.uris.len()
         };
         Self {
-            uris,
+            nodes,
             first,
             server,
             connection_name: format!("{server}-server ({queue})"),
@@ -329,10 +333,10 @@ impl Supervisor {
     /// Also returns the node of the first connection.
     async fn connect<S: Session>(&self, first: usize) -> Option<(Connections, usize)> {
         let (consume, node) =
-            connect_with_backoff(&self.uris, first, &self.connection_name, &self.shutdown).await?;
+            connect_with_backoff(&self.nodes, first, &self.connection_name, &self.shutdown).await?;
         let separate_publisher = if S::SEPARATE_PUBLISHER {
             let name = format!("{} publisher", self.connection_name);
-            match connect_with_backoff(&self.uris, node, &name, &self.shutdown).await {
+            match connect_with_backoff(&self.nodes, node, &name, &self.shutdown).await {
                 Some((publisher, _)) => Some(publisher),
                 None => {
                     close_connection(&consume, &self.goodbye("shutting down")).await;
@@ -408,26 +412,23 @@ impl Supervisor {
     }
 }
 
-/// Connects to one of the nodes at `uris`, trying them in turn from `first` on, and again after
+/// Connects to one of `nodes`, trying them in turn from `first` on, and again after
 /// a pause that grows (capped) with each round in which none answered; logs each failed try.
 /// Returns the connection and the index of its node, or `None` only if `shutdown` fires first.
 async fn connect_with_backoff(
-    uris: &[AMQPUri],
+    nodes: &Nodes,
     first: usize,
     connection_name: &str,
     shutdown: &CancellationToken,
 ) -> Option<(Connection, usize)> {
     let mut delay = FIRST_RETRY;
     loop {
-        for node in (first..first + uris.len()).map(|i| i % uris.len()) {
-            let uri = &uris[node];
-            let shown = redact_uri(uri);
+        let count = nodes.uris.len();
+        for node in (first..first + count).map(|i| i % count) {
+            let shown = redact_uri(&nodes.uris[node]);
             let properties =
                 ConnectionProperties::default().with_connection_name(connection_name.into());
-            let attempt = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                Connection::connect_uri(uri.clone(), properties),
-            );
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, nodes.connect(node, properties));
             let error = tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 result = attempt => match result {
@@ -439,6 +440,17 @@ async fn connect_with_backoff(
                     Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
                 },
             };
+            if nodes.is_tls(node) && is_certificate_error(&error) {
+                // Never a fallback to clear text: the try failed, and is retried as it is.
+                tracing::error!(
+                    broker = %shown,
+                    %error,
+                    "cannot connect to RabbitMQ: TLS handshake failed, a certificate problem \
+                     (check AMQP_CA_FILE, that the URL's host is in the broker's certificate, \
+                     and AMQP_CERT_FILE if the broker asks for one)"
+                );
+                continue;
+            }
             tracing::warn!(broker = %shown, %error, "cannot connect to RabbitMQ");
         }
         tracing::warn!(retry_in = ?delay, "no RabbitMQ node answered; retrying");
@@ -501,7 +513,11 @@ async fn close_connection(connection: &Connection, reason: &str) {
 
 fn redact_uri(uri: &AMQPUri) -> String {
     format!(
-        "amqp://{}@{}:{}/{}",
+        "{}://{}@{}:{}/{}",
+        match uri.scheme {
+            AMQPScheme::AMQP => "amqp",
+            AMQPScheme::AMQPS => "amqps",
+        },
         uri.authority.userinfo.username,
         uri.authority.host,
         uri.authority.port,
@@ -652,6 +668,9 @@ mod tests {
         AmqpSettings {
             amqp_url: url.into(),
             amqp_password_file: None,
+            amqp_ca_file: None,
+            amqp_cert_file: None,
+            amqp_key_file: None,
             queue: "q".into(),
             queue_type: kv_protocol::QueueType::Quorum,
             partitions: 1,
@@ -664,5 +683,6 @@ mod tests {
         assert_eq!(shown, "amqp://alice@rabbit.example:5673/%2fprod");
         assert!(!redact("amqp://u:hunter2@h/v").contains("hunter2"));
         assert!(!redact("not a url with hunter2").contains("hunter2"));
+        assert_eq!(redact("amqps://u:hunter2@h/v"), "amqps://u@h:5671/v");
     }
 }

@@ -14,9 +14,9 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// How to reach RabbitMQ and which queue carries the requests.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpSettings {
-    /// RabbitMQ URL: amqp://user:password@host:port/vhost (the password is never logged). For a
-    /// cluster, the URLs of its nodes separated by commas: the server connects to one and moves to
-    /// the next when it fails.
+    /// RabbitMQ URL: amqp://user:password@host:port/vhost, or amqps://... for TLS (the password is
+    /// never logged). For a cluster, the URLs of its nodes separated by commas: the server connects
+    /// to one and moves to the next when it fails.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -31,6 +31,20 @@ pub struct AmqpSettings {
     /// AMQP_URL, and wins over a password written in a URL. Taken as is, not percent-encoded.
     #[arg(long, env = "AMQP_PASSWORD_FILE", value_name = "PATH")]
     pub amqp_password_file: Option<PathBuf>,
+
+    /// PEM file of the certificate authorities that may sign RabbitMQ's certificate, for
+    /// `amqps://` URLs, trusted besides the system's roots. Checked at start.
+    #[arg(long, env = "AMQP_CA_FILE", value_name = "PATH")]
+    pub amqp_ca_file: Option<PathBuf>,
+
+    /// PEM file of this server's client certificate (and its chain), for `amqps://` URLs to a
+    /// RabbitMQ that asks for one. Needs AMQP_KEY_FILE.
+    #[arg(long, env = "AMQP_CERT_FILE", value_name = "PATH")]
+    pub amqp_cert_file: Option<PathBuf>,
+
+    /// PEM file of the private key of AMQP_CERT_FILE. Needs AMQP_CERT_FILE.
+    #[arg(long, env = "AMQP_KEY_FILE", value_name = "PATH")]
+    pub amqp_key_file: Option<PathBuf>,
 
     /// Durable queue that carries writes and reads; `<KV_QUEUE>.dead` keeps unparseable messages.
     #[arg(

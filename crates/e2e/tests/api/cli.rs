@@ -38,6 +38,11 @@ async fn help_lists_every_setting_with_its_variable_and_default() {
         "CONFIG_FILE",
         "API_TOKENS_FILE",
         "AMQP_PASSWORD_FILE",
+        "AMQP_CA_FILE",
+        "AMQP_CERT_FILE",
+        "AMQP_KEY_FILE",
+        "TLS_CERT_FILE",
+        "TLS_KEY_FILE",
     ] {
         assert!(
             front.contains(expected),
@@ -58,6 +63,9 @@ async fn help_lists_every_setting_with_its_variable_and_default() {
         "127.0.0.1:8081",
         "CONFIG_FILE",
         "AMQP_PASSWORD_FILE",
+        "AMQP_CA_FILE",
+        "AMQP_CERT_FILE",
+        "AMQP_KEY_FILE",
     ] {
         assert!(
             back.contains(expected),
@@ -123,4 +131,68 @@ async fn an_unreadable_password_file_stops_either_server_at_start_naming_it() {
             binary.display()
         );
     }
+}
+
+/// Runs `binary` with settings that would otherwise let it start, plus `env`, and returns its
+/// stderr once it has exited, which it must, with a failure.
+fn refused_start(binary: &Path, env: &[(&str, &str)]) -> String {
+    let output = Command::new(binary)
+        .env_remove("CONFIG_FILE")
+        .env("AMQP_URL", "amqps://kv@127.0.0.1:1/kv")
+        .env("FRONT_LISTEN", "127.0.0.1:0")
+        .env("ADMIN_LISTEN", "127.0.0.1:0")
+        .env("DB_PATH", "/nonexistent/kv.db")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the server");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{}: {stderr}", binary.display());
+    stderr
+}
+
+#[tokio::test]
+async fn a_bad_tls_file_stops_either_server_at_start_naming_it() {
+    let binaries = binaries().await;
+    let not_pem = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_pem.path(), "not a certificate\n").unwrap();
+    let not_pem = not_pem.path().to_str().unwrap();
+    for binary in [&binaries.front, &binaries.back] {
+        let stderr = refused_start(binary, &[("AMQP_CA_FILE", "/nonexistent/ca.pem")]);
+        assert!(
+            stderr.contains("AMQP_CA_FILE /nonexistent/ca.pem"),
+            "{stderr}"
+        );
+        let stderr = refused_start(binary, &[("AMQP_CA_FILE", not_pem)]);
+        assert!(
+            stderr.contains(&format!("AMQP_CA_FILE {not_pem}")),
+            "{stderr}"
+        );
+        let stderr = refused_start(binary, &[("AMQP_CERT_FILE", not_pem)]);
+        assert!(
+            stderr.contains("AMQP_CERT_FILE is set without AMQP_KEY_FILE"),
+            "{stderr}"
+        );
+    }
+    let front = &binaries.front;
+    let stderr = refused_start(front, &[("TLS_CERT_FILE", not_pem)]);
+    assert!(
+        stderr.contains("TLS_CERT_FILE is set without TLS_KEY_FILE"),
+        "{stderr}"
+    );
+    let stderr = refused_start(front, &[("TLS_KEY_FILE", not_pem)]);
+    assert!(
+        stderr.contains("TLS_KEY_FILE is set without TLS_CERT_FILE"),
+        "{stderr}"
+    );
+    let stderr = refused_start(
+        front,
+        &[
+            ("TLS_CERT_FILE", not_pem),
+            ("TLS_KEY_FILE", "/nonexistent/key.pem"),
+        ],
+    );
+    assert!(
+        stderr.contains(&format!("TLS_CERT_FILE {not_pem}")),
+        "{stderr}"
+    );
 }

@@ -18,11 +18,10 @@ mod replies;
 pub use error::BrokerError;
 
 use kv_protocol::{DIRECT_REPLY_TO, Key, Layout, REQUEST_ID_HEADER, Reply, Request, TopologyError};
-use kv_runtime::Supervisor;
+use kv_runtime::{Nodes, Supervisor};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::uri::AMQPUri;
 use link::{Link, Session};
 use publisher::{Unpublished, Verdict, Write};
 use replies::PendingReplies;
@@ -82,11 +81,11 @@ pub struct Broker {
 
 impl Broker {
     /// Starts the supervisor that connects (and reconnects) to one of the RabbitMQ nodes at
-    /// `uris`. It runs until `shutdown` is cancelled, then closes the connection; await the
+    /// `nodes`. It runs until `shutdown` is cancelled, then closes the connection; await the
     /// returned task to know it has. It stops early, with the error, if the queues RabbitMQ
     /// has do not match `layout`.
     pub fn start(
-        uris: Vec<AMQPUri>,
+        nodes: Nodes,
         layout: Layout,
         deadline: Duration,
         max_in_flight: usize,
@@ -107,7 +106,7 @@ impl Broker {
             generation: 0,
             max_in_flight,
         };
-        let supervisor = Supervisor::new(uris, "front", layout.base(), shutdown);
+        let supervisor = Supervisor::new(nodes, "front", layout.base(), shutdown);
         let task = tokio::spawn(supervisor.run(session));
         let broker = Self {
             link,
