@@ -32,6 +32,17 @@ then open a new shell and run this again."
 }
 
 # The benchmark's load generator, from Debian's package.
+# A command from Debian's package of the same purpose, installed when run as root.
+ensure_apt_tool() { # command, Debian package
+    command -v "$1" >/dev/null 2>&1 && return
+    if is_root && command -v apt-get >/dev/null 2>&1; then
+        apt_install "$2"
+    else
+        die "$1 is missing. Install it with:
+    sudo apt-get install -y $2"
+    fi
+}
+
 ensure_wrk() {
     command -v wrk >/dev/null 2>&1 && return
     if is_root && command -v apt-get >/dev/null 2>&1; then
