@@ -9,7 +9,6 @@
 //! [`Tokens`]' `Debug` shows only counts.
 
 use crate::error::ApiError;
-use crate::routes::AppState;
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Method};
@@ -199,11 +198,11 @@ pub async fn reload_on_hangup(tokens: Arc<ApiTokens>, mut hangups: tokio::signal
 /// Middleware on `/api`: lets a request through only with a token of the needed scope; without
 /// `API_TOKENS_FILE`, lets every request through.
 pub async fn require_token(
-    State(state): State<AppState>,
+    State(tokens): State<Option<Arc<ApiTokens>>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(tokens) = &state.api_tokens else {
+    let Some(tokens) = &tokens else {
         return next.run(request).await;
     };
     let scope = bearer_token(request.headers()).and_then(|token| tokens.current().scope_of(token));

@@ -25,7 +25,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
     let operations = get(read)
         .post(write)
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.api_tokens.clone(),
             crate::auth::require_token,
         ));
     Router::new().route("/api", operations)
