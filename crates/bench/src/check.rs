@@ -23,6 +23,23 @@ impl Audit {
     }
 }
 
+/// Prints each audit and each count of messages left behind (`left` says where), as `ok` or
+/// `FAILED`, under "Nothing lost:".
+pub fn print_data_checks(audits: &[(String, Audit)], queues_left: &[(String, u32)], left: &str) {
+    println!("Nothing lost:");
+    for (name, audit) in audits {
+        let verdict = if audit.is_clean() { "ok" } else { "FAILED" };
+        println!(
+            "  {verdict}: {name}: {} acknowledged writes, {} missing from SQLite, {} with a wrong value {:?}",
+            audit.acknowledged, audit.missing, audit.wrong_value, audit.examples
+        );
+    }
+    for (name, messages) in queues_left {
+        let verdict = if *messages == 0 { "ok" } else { "FAILED" };
+        println!("  {verdict}: {name}: {messages} messages left {left}");
+    }
+}
+
 /// Looks up every acknowledged write of `runs` in the database of its partition: `dbs[i]` is
 /// partition `i`'s of `dbs.len()`. A key in some other partition's database counts as missing,
 /// since reads would never find it there.

@@ -119,18 +119,24 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    let outcome = benchmark(&args, &bin_dir, work.path()).await;
+    let outcome = benchmark(&args, &bin_dir, work.path()).await.map(|report| {
+        report.print(&args, &limits);
+        report.data_checks_pass()
+    });
+    keep_on_failure(work, outcome)
+}
+
+/// Keeps the work directory, and says where, if the run failed or a data check did (`outcome`
+/// says whether they all passed).
+fn keep_on_failure(work: tempfile::TempDir, outcome: anyhow::Result<bool>) -> anyhow::Result<()> {
     match outcome {
-        Ok(report) => {
-            report.print(&args, &limits);
-            if !report.data_checks_pass() {
-                let kept = work.keep();
-                anyhow::bail!(
-                    "DATA CHECK FAILED: see above; logs and databases in {}",
-                    kept.display()
-                );
-            }
-            Ok(())
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            let kept = work.keep();
+            anyhow::bail!(
+                "DATA CHECK FAILED: see above; logs and databases in {}",
+                kept.display()
+            )
         }
         Err(err) => {
             let kept = work.keep();
@@ -166,25 +172,13 @@ async fn scale(args: &Args, bin_dir: &Path, work: tempfile::TempDir) -> anyhow::
         partitions: &args.partitions,
         brokers,
     };
-    match matrix.run().await {
-        Ok(report) => {
-            println!();
-            println!("kv-bench --scale on {}", machine());
-            report.print(connections);
-            if !report.data_checks_pass() {
-                let kept = work.keep();
-                anyhow::bail!(
-                    "DATA CHECK FAILED: see above; logs and databases in {}",
-                    kept.display()
-                );
-            }
-            Ok(())
-        }
-        Err(err) => {
-            let kept = work.keep();
-            Err(err.context(format!("logs and databases kept in {}", kept.display())))
-        }
-    }
+    let outcome = matrix.run().await.map(|report| {
+        println!();
+        println!("kv-bench --scale on {}", machine());
+        report.print(connections);
+        report.data_checks_pass()
+    });
+    keep_on_failure(work, outcome)
 }
 
 struct Report {
@@ -567,20 +561,11 @@ impl Report {
             self.mixed_rss[1].1 as f64 / MB,
         );
         println!();
-        println!("Nothing lost:");
-        for (name, audit) in &self.audits {
-            let verdict = if audit.is_clean() { "ok" } else { "FAILED" };
-            println!(
-                "  {verdict}: {name}: {} acknowledged writes, {} missing from SQLite, {} with a wrong value {:?}",
-                audit.acknowledged, audit.missing, audit.wrong_value, audit.examples
-            );
-        }
-        for (name, left) in &self.queues_left {
-            let verdict = if *left == 0 { "ok" } else { "FAILED" };
-            println!(
-                "  {verdict}: {name}: {left} messages left in the request queue after both servers stopped"
-            );
-        }
+        check::print_data_checks(
+            &self.audits,
+            &self.queues_left,
+            "in the request queue after both servers stopped",
+        );
         let verdict = if self.stale_reads == 0 {
             "ok"
         } else {

@@ -432,20 +432,11 @@ impl Report {
             );
         }
         println!();
-        println!("Nothing lost:");
-        for (name, audit) in &self.audits {
-            let verdict = if audit.is_clean() { "ok" } else { "FAILED" };
-            println!(
-                "  {verdict}: {name}: {} acknowledged writes, {} missing from SQLite, {} with a wrong value {:?}",
-                audit.acknowledged, audit.missing, audit.wrong_value, audit.examples
-            );
-        }
-        for (name, left) in &self.queues_left {
-            let verdict = if *left == 0 { "ok" } else { "FAILED" };
-            println!(
-                "  {verdict}: {name}: {left} messages left in the request queues after every server stopped"
-            );
-        }
+        crate::check::print_data_checks(
+            &self.audits,
+            &self.queues_left,
+            "in the request queues after every server stopped",
+        );
     }
 }
 

@@ -46,10 +46,7 @@ impl Settings {
 /// One partition named `queue`, of the servers' default queue type: the system as `scripts/run`
 /// runs it, which is what the default benchmark and the soak measure.
 pub fn default_layout(queue: String) -> Layout {
-    let queue_type = kv_runtime::DEFAULT_QUEUE_TYPE
-        .parse()
-        .expect("the servers' default queue type parses");
-    Layout::new(queue, 1, queue_type)
+    Layout::new(queue, 1, kv_runtime::DEFAULT_QUEUE_TYPE)
 }
 
 /// The settings every server of the benchmark gets: its broker and queues, and quiet logs (the

@@ -190,8 +190,7 @@ pub fn lock_broker(how: Lock) -> std::fs::File {
 impl TestApp {
     /// The request queues as the servers, with their default settings, declare them.
     pub fn layout(&self) -> kv_protocol::Layout {
-        let queue_type = kv_runtime::DEFAULT_QUEUE_TYPE.parse().unwrap();
-        kv_protocol::Layout::new(self.queue.clone(), 1, queue_type)
+        kv_protocol::Layout::new(self.queue.clone(), 1, kv_runtime::DEFAULT_QUEUE_TYPE)
     }
 
     pub async fn start_back(&mut self) {

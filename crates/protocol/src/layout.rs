@@ -22,7 +22,7 @@ pub enum QueueType {
 
 impl QueueType {
     /// The value of the `x-queue-type` argument.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Classic => "classic",
             Self::Quorum => "quorum",

@@ -120,16 +120,7 @@ mod tests {
     use super::*;
 
     fn settings(url: &str) -> AmqpSettings {
-        AmqpSettings {
-            amqp_url: url.into(),
-            amqp_password_file: None,
-            amqp_ca_file: None,
-            amqp_cert_file: None,
-            amqp_key_file: None,
-            queue: "q".into(),
-            queue_type: kv_protocol::QueueType::Classic,
-            partitions: 1,
-        }
+        AmqpSettings::for_url(url)
     }
 
     fn file(content: &str) -> tempfile::NamedTempFile {

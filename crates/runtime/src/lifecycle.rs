@@ -665,16 +665,7 @@ mod tests {
     }
 
     fn settings(url: &str) -> AmqpSettings {
-        AmqpSettings {
-            amqp_url: url.into(),
-            amqp_password_file: None,
-            amqp_ca_file: None,
-            amqp_cert_file: None,
-            amqp_key_file: None,
-            queue: "q".into(),
-            queue_type: kv_protocol::QueueType::Quorum,
-            partitions: 1,
-        }
+        AmqpSettings::for_url(url)
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub struct AmqpSettings {
         long,
         env = "KV_QUEUE_TYPE",
         value_name = "TYPE",
-        default_value = DEFAULT_QUEUE_TYPE,
+        default_value = DEFAULT_QUEUE_TYPE.as_str(),
         value_parser = clap::builder::ValueParser::new(str::parse::<QueueType>)
     )]
     pub queue_type: QueueType,
@@ -76,10 +76,27 @@ pub struct AmqpSettings {
 /// The queue type unless `KV_QUEUE_TYPE` says otherwise. On one node a quorum queue replicates
 /// nothing and costs reads more; and a store made before queue types were a setting has classic
 /// queues, which a quorum default would refuse. The README's "Scaling out" gives the figures.
-pub const DEFAULT_QUEUE_TYPE: &str = "classic";
+pub const DEFAULT_QUEUE_TYPE: QueueType = QueueType::Classic;
 
 /// More partitions than this is more queues than one cluster serves well, and more likely a typo.
 const MAX_PARTITIONS: i64 = 1024;
+
+#[cfg(test)]
+impl AmqpSettings {
+    /// Settings with `url` and every other setting at its default, for the crate's tests.
+    pub(crate) fn for_url(url: &str) -> Self {
+        Self {
+            amqp_url: url.into(),
+            amqp_password_file: None,
+            amqp_ca_file: None,
+            amqp_cert_file: None,
+            amqp_key_file: None,
+            queue: "kv.requests".into(),
+            queue_type: DEFAULT_QUEUE_TYPE,
+            partitions: 1,
+        }
+    }
+}
 
 impl AmqpSettings {
     /// The request queues these settings name.
