@@ -21,13 +21,13 @@ use crate::outbox::{DeadLettered, Outbox};
 use crate::store::{Outcome, Store, StoreError};
 use futures_util::{FutureExt, StreamExt};
 use kv_protocol::{
-    Layout, REQUEST_ID_HEADER, Reply, Request, TopologyError, dead_letter_queue, declare_topology,
+    Format, Layout, Reply, Request, TopologyError, dead_letter_queue, declare_topology, request_ids,
 };
 use kv_runtime::{Connections, End, OpenError};
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -209,17 +209,12 @@ impl kv_runtime::Session for Consumer<'_> {
     }
 }
 
-/// The id of the HTTP request a message comes from (see [`REQUEST_ID_HEADER`]), or `-`.
-fn request_id(delivery: &Delivery) -> String {
-    let header = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.inner().get(REQUEST_ID_HEADER));
-    match header {
-        Some(AMQPValue::LongString(id)) => id.to_string(),
-        _ => "-".to_owned(),
-    }
+/// A delivery whose requests are applied in a group, and how to answer it.
+struct Applied {
+    delivery: Delivery,
+    format: Format,
+    /// How many of the group's requests, in order, are this delivery's.
+    requests: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -280,8 +275,8 @@ impl Worker<'_> {
                 "redelivered {attempts} times: each try ended with the back-server stopping \
                  or crashing before it could acknowledge the message"
             );
-            let request_id = request_id(&delivery);
-            tracing::error!(%request_id, %reason, "dead-lettering a message");
+            let request_ids = request_ids(delivery.properties.headers().as_ref()).join(",");
+            tracing::error!(%request_ids, %reason, "dead-lettering a message");
             // Its count is dropped once the copy is safe and the original acked.
             self.outbox
                 .dead_letter(delivery, "redelivered", &reason, Some(message));
@@ -322,35 +317,27 @@ impl Worker<'_> {
         let mut requests = Vec::with_capacity(group.len());
         let mut applied = Vec::with_capacity(group.len());
         for delivery in group.drain(..) {
-            let (label, reason) = match Request::from_slice(&delivery.data) {
-                Ok(request) => match self.layout.partition_of(request.key()) {
-                    partition if partition == self.partition => {
-                        requests.push(request);
-                        applied.push(delivery);
-                        continue;
-                    }
-                    // Only a hand-made message gets here: the servers check, before they start,
-                    // that they agree on the partitions. Applied, it would hide the key from
-                    // the partition that serves it.
-                    partition => (
-                        "misrouted",
-                        format!(
-                            "key '{}' belongs to partition {partition}, not {}",
-                            request.key(),
-                            self.partition
-                        ),
-                    ),
-                },
-                Err(err) => ("unparseable", format!("unparseable request: {err}")),
+            let (label, reason) = match self.requests_of(&delivery) {
+                Ok((format, parsed)) => {
+                    applied.push(Applied {
+                        delivery,
+                        format,
+                        requests: parsed.len(),
+                    });
+                    requests.extend(parsed);
+                    continue;
+                }
+                Err(refused) => refused,
             };
-            let request_id = request_id(&delivery);
-            tracing::warn!(%request_id, %reason, "dead-lettering a message");
+            let request_ids = request_ids(delivery.properties.headers().as_ref()).join(",");
+            tracing::warn!(%request_ids, %reason, "dead-lettering a message");
             // Acked on its own once its copy is safe, never by a `multiple` ack.
             self.outbox.dead_letter(delivery, label, &reason, None);
         }
         let Some(last) = applied.last() else {
             return Ok(Handled::Acked);
         };
+        let last = &last.delivery;
         // A crash before the transaction: the fault tests' stand-in for a message that kills us.
         #[cfg(feature = "failpoints")]
         fail::fail_point!("before-apply", |_| std::process::abort());
@@ -368,29 +355,67 @@ impl Worker<'_> {
         // A crash after the commit, before the ack: RabbitMQ redelivers what SQLite already has.
         #[cfg(feature = "failpoints")]
         fail::fail_point!("after-commit", |_| std::process::abort());
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            for (delivery, outcome) in applied.iter().zip(&outcomes) {
-                let request_id = request_id(delivery);
-                tracing::debug!(%request_id, ?outcome, "applied");
+        let mut outcomes = outcomes.as_slice();
+        for message in &applied {
+            let (own, rest) = outcomes.split_at(message.requests);
+            outcomes = rest;
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let request_ids = request_ids(message.delivery.properties.headers().as_ref());
+                for (index, outcome) in own.iter().enumerate() {
+                    let request_id = request_ids.get(index).map_or("-", String::as_str);
+                    tracing::debug!(%request_id, ?outcome, "applied");
+                }
             }
-        }
-        for (delivery, outcome) in applied.iter().zip(&outcomes) {
-            match *outcome {
-                Outcome::Value(Some(value)) => self
-                    .outbox
-                    .reply(&delivery.properties, Reply::Found { value }),
-                Outcome::Value(None) => self.outbox.reply(&delivery.properties, Reply::NotFound),
-                Outcome::Stored => {}
+            let replies: Vec<Reply> = own
+                .iter()
+                .filter_map(|outcome| match *outcome {
+                    Outcome::Value(Some(value)) => Some(Reply::Found { value }),
+                    Outcome::Value(None) => Some(Reply::NotFound),
+                    Outcome::Stored => None,
+                })
+                .collect();
+            if !replies.is_empty() {
+                self.outbox
+                    .reply(&message.delivery.properties, message.format, &replies);
             }
         }
         if self.outbox.dead_letters_pending() {
-            for delivery in &applied {
-                delivery.ack(BasicAckOptions::default()).await?;
+            for message in &applied {
+                message.delivery.ack(BasicAckOptions::default()).await?;
             }
         } else {
             last.ack(BasicAckOptions { multiple: true }).await?;
         }
         Ok(Handled::Acked)
+    }
+
+    /// The requests a delivery carries, in order, and the format to answer it in; or, if they
+    /// cannot be applied, why not: the label and the reason it is dead-lettered with. A message
+    /// is taken whole or not at all, whatever its number of requests.
+    fn requests_of(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<(Format, Vec<Request>), (&'static str, String)> {
+        let parsed = Format::of(delivery.properties.kind().as_ref())
+            .and_then(|format| Ok((format, format.requests(&delivery.data)?)));
+        let (format, requests) = parsed.map_err(|err| ("unparseable", err.to_string()))?;
+        // Only a hand-made message gets past the parsing with a key of another partition: the
+        // servers check, before they start, that they agree on the partitions. Applied, it
+        // would hide the key from the partition that serves it.
+        let misrouted = requests.iter().find_map(|request| {
+            let partition = self.layout.partition_of(request.key());
+            (partition != self.partition).then(|| (request.key(), partition))
+        });
+        if let Some((key, partition)) = misrouted {
+            return Err((
+                "misrouted",
+                format!(
+                    "key '{key}' belongs to partition {partition}, not {}",
+                    self.partition
+                ),
+            ));
+        }
+        Ok((format, requests))
     }
 
     /// Runs a store operation, retrying while the database refuses (disk full, file made

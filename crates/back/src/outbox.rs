@@ -15,7 +15,7 @@
 //!   reports back, and the consumer rebuilds the link: the original is then redelivered.
 
 use crate::admin::DEAD_LETTERED;
-use kv_protocol::{DEAD_REASON_HEADER, Reply};
+use kv_protocol::{DEAD_REASON_HEADER, Format, Reply};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, ShortString};
@@ -93,9 +93,10 @@ impl Outbox {
         Ok((outbox, reports))
     }
 
-    /// Sends `reply` to the read whose properties are `request`, unless the reply task is
-    /// backed up (the publishing connection is blocked): then the reply is dropped.
-    pub fn reply(&self, request: &BasicProperties, reply: Reply) {
+    /// Sends `replies`, one per read in `format`'s order, to the message whose properties are
+    /// `request`, unless the reply task is backed up (the publishing connection is blocked):
+    /// then they are dropped.
+    pub fn reply(&self, request: &BasicProperties, format: Format, replies: &[Reply]) {
         let Some(to) = request.reply_to().clone() else {
             tracing::warn!("a read without reply_to; nobody to answer");
             return;
@@ -105,10 +106,13 @@ impl Outbox {
         if let Some(id) = request.correlation_id() {
             properties = properties.with_correlation_id(id.clone());
         }
+        if let Some(kind) = format.message_type() {
+            properties = properties.with_type(kind.into());
+        }
         let outgoing = Outgoing {
             to,
             properties,
-            body: reply.to_vec(),
+            body: format.reply_body(replies),
         };
         if self.replies.try_send(outgoing).is_err() {
             tracing::debug!(

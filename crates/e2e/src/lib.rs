@@ -7,6 +7,7 @@
 //!   into SQLite, and cleanup of its queues.
 //! - [`server`]: the servers as real processes, for tests that kill, stop or starve them and for
 //!   the benchmark: logs, signals, CPU time and memory.
+//! - [`metrics`]: a server's `/metrics` page, read back sample by sample.
 //! - [`queues`]: looks into RabbitMQ's queues and their deletion.
 //! - [`broker_faults`]: a resource alarm and a frozen broker, always undone; connections closed
 //!   by RabbitMQ.
@@ -20,6 +21,7 @@
 
 pub mod app;
 pub mod broker_faults;
+pub mod metrics;
 pub mod queues;
 pub mod rng;
 pub mod server;

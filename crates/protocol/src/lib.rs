@@ -34,19 +34,23 @@
 //!
 //! # Messages
 //!
-//! Bodies are JSON ([`Request`], [`Reply`]), `content_type` `application/json`.
+//! Bodies are JSON ([`Request`], [`Reply`]), `content_type` `application/json`. A front-server
+//! puts the requests it has ready for one partition into one message, a batch (protocol version
+//! 2, see [`Format`]); back-servers also read version 1's one request per message. Writes
+//! and reads travel in separate batches:
 //!
-//! Every message goes to the request queue of its key's partition.
-//!
-//! - **Write**: `{"op":"put","key":"k","value":1.5}`, published persistent (delivery mode 2),
-//!   `mandatory`, on a channel in publisher-confirm mode. The front answers `200` only after the
-//!   broker's ack, which RabbitMQ sends once the message is fsynced to the durable queue. A nack,
-//!   a return (no queue) or a lost connection is a `503`.
-//! - **Read**: `{"op":"get","key":"k"}`, transient, with `correlation_id`, `reply_to` and an
-//!   `expiration` equal to the front's read deadline (`RPC_TIMEOUT_MS`): a read whose client has
-//!   given up is discarded by the broker instead of being worked on.
-//! - **Reply**: a [`Reply`] published by the back-server to the default exchange with the read's
-//!   `reply_to` as routing key and its `correlation_id`.
+//! - **Writes**: `[{"op":"put","key":"k","value":1.5}, …]`, published persistent (delivery mode
+//!   2), `mandatory`, on a channel in publisher-confirm mode. The front answers each write `200`
+//!   only after the broker's ack of the message that carries it, which RabbitMQ sends once the
+//!   message is fsynced to the durable queue. A nack, a return (no queue) or a lost connection is
+//!   a `503` for every write in the message.
+//! - **Reads**: `[{"op":"get","key":"k"}, …]`, transient, with `correlation_id`, `reply_to` and an
+//!   `expiration` equal to the front's read deadline (`RPC_TIMEOUT_MS`): reads whose clients have
+//!   given up are discarded by the broker instead of being worked on. Each read keeps its own
+//!   deadline at the front-server.
+//! - **Reply**: one message per batch of reads, published by the back-server to the default
+//!   exchange with the batch's `reply_to` as routing key and its `correlation_id`, holding a
+//!   [`Reply`] for each read in order.
 //!
 //! # Replies: direct reply-to
 //!
@@ -65,10 +69,14 @@
 //! the SQLite transaction that applied it has committed: a crash anywhere before the ack makes
 //! RabbitMQ redeliver, and re-applying an upsert is harmless.
 
+mod batch;
 mod layout;
 mod message;
 mod topology;
 
+pub use batch::{
+    BATCH_TYPE, Format, MAX_BATCH, WireError, batch_body, request_ids, request_ids_header,
+};
 pub use layout::{Layout, QueueType, partition_of};
 pub use message::{Key, KeyError, MAX_KEY_BYTES, Reply, Request};
 pub use topology::{

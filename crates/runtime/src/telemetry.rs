@@ -55,8 +55,8 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Upper bounds of the batch size histogram: powers of two up to the largest `BATCH_SIZE`
-/// (a `u16`; the default is 128).
+/// Upper bounds of the histograms of requests per message and per store batch: powers of two up
+/// to the largest `BATCH_SIZE` (a `u16`; the default is 128).
 const BATCH_SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 65535.0,
 ];
@@ -81,6 +81,12 @@ pub fn install_metrics() -> &'static PrometheusHandle {
             .and_then(|builder| {
                 builder.set_buckets_for_metric(
                     Matcher::Full("kv_batch_size".into()),
+                    BATCH_SIZE_BUCKETS,
+                )
+            })
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full("kv_requests_per_message".into()),
                     BATCH_SIZE_BUCKETS,
                 )
             })

@@ -3,7 +3,7 @@
 
 use futures_util::StreamExt;
 use kv_e2e::app::{Options, json, spawn_app_with};
-use kv_protocol::{Reply, Request};
+use kv_protocol::{Format, Reply, Request};
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
@@ -36,17 +36,21 @@ async fn a_reply_after_the_deadline_is_not_taken_for_a_later_read() {
                 .await
                 .expect("a request")
                 .expect("a delivery");
+            let format = Format::of(delivery.properties.kind().as_ref()).unwrap();
             assert!(matches!(
-                Request::from_slice(&delivery.data),
-                Ok(Request::Get { .. })
+                format.requests(&delivery.data).as_deref(),
+                Ok([Request::Get { .. }])
             ));
             if let Some(timed_out) = timed_out.take() {
                 timed_out.await.unwrap();
             }
-            let properties = BasicProperties::default()
+            let mut properties = BasicProperties::default()
                 .with_correlation_id(delivery.properties.correlation_id().clone().unwrap());
+            if let Some(kind) = format.message_type() {
+                properties = properties.with_type(kind.into());
+            }
             let reply_to = delivery.properties.reply_to().clone().unwrap();
-            let reply = Reply::Found { value }.to_vec();
+            let reply = format.reply_body(&[Reply::Found { value }]);
             channel
                 .basic_publish(
                     "".into(),

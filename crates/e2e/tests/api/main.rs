@@ -3,6 +3,7 @@
 
 mod auth;
 mod back_down;
+mod batches;
 mod browser;
 mod cli;
 mod consistency;

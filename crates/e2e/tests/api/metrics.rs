@@ -5,75 +5,10 @@
 use crate::faults::set_file_size_limit;
 use kv_e2e::app::{Options, PATIENCE, TestApp, eventually, json, spawn_app_with};
 use kv_e2e::broker_faults::close_connections_of;
+use kv_e2e::metrics::Scrape;
 use kv_e2e::server::ServerProcess;
 use serde_json::json;
-use std::collections::HashMap;
 use std::time::Duration;
-
-/// One scrape of a `/metrics` page: every sample by series name and labels.
-#[derive(Debug)]
-struct Scrape {
-    samples: Vec<(String, HashMap<String, String>, f64)>,
-    text: String,
-}
-
-impl Scrape {
-    async fn of(client: &reqwest::Client, base: &str) -> Self {
-        let response = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .expect("GET /metrics is answered");
-        assert_eq!(response.status(), 200);
-        let content_type = response.headers()["content-type"].to_str().unwrap();
-        assert!(content_type.starts_with("text/plain"), "{content_type}");
-        Self::parse(response.text().await.unwrap())
-    }
-
-    /// Prometheus's text format, as far as our series need: `name{k="v",…} value`.
-    fn parse(text: String) -> Self {
-        let samples = text
-            .lines()
-            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-            .map(|line| {
-                let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
-                let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
-                let (name, labels) = match series.split_once('{') {
-                    Some((name, labels)) => (name, parse_labels(labels.trim_end_matches('}'))),
-                    None => (series, HashMap::new()),
-                };
-                (name.to_owned(), labels, value)
-            })
-            .collect();
-        Self { samples, text }
-    }
-
-    /// The sum of the samples named `name` that carry all of `labels` (0 if none does).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|(sample, sample_labels, _)| {
-                sample == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| sample_labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|(_, _, value)| value)
-            .sum()
-    }
-}
-
-/// `k="v",k2="v2"`; our label values hold no quotes, commas or backslashes.
-fn parse_labels(labels: &str) -> HashMap<String, String> {
-    labels
-        .split("\",")
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once("=\"").expect("a label is k=\"v\"");
-            (key.to_owned(), value.trim_end_matches('"').to_owned())
-        })
-        .collect()
-}
 
 /// Starts the back-server binary and returns it with its admin listener's base URL.
 async fn start_back(app: &TestApp) -> (ServerProcess, String) {
@@ -185,6 +120,14 @@ async fn both_servers_metrics_move_by_exactly_the_traffic_they_served() {
     // The only request in flight during a scrape is the scrape itself.
     assert_eq!(front_after.value("kv_http_requests_in_flight", &[]), 1.0);
     assert_eq!(front_delta("kv_reads_timed_out_total", &[]), 0.0);
+    // How many requests each message carried: every write and read in some message.
+    let per_message = "kv_requests_per_message";
+    for (op, requests) in [("put", 10.0), ("get", 7.0)] {
+        let op = [("op", op)];
+        assert_eq!(front_delta(&format!("{per_message}_sum"), &op), requests);
+        let messages = front_delta(&format!("{per_message}_count"), &op);
+        assert!((1.0..=requests).contains(&messages), "{messages}");
+    }
 
     // Assert, back: what it applied, in how many batches, and the rows it now holds.
     let back_delta = |name: &str, labels: &[(&str, &str)]| {

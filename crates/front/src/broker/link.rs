@@ -4,14 +4,16 @@
 //! through a `watch` while they work.
 
 use super::publisher::{self, Write};
+use super::reads::{self, Read};
 use super::replies::PendingReplies;
 use futures_util::StreamExt;
-use kv_protocol::{DIRECT_REPLY_TO, Layout, Reply, TopologyError, declare_topology};
+use kv_protocol::{DIRECT_REPLY_TO, Format, Layout, TopologyError, declare_topology};
 use kv_runtime::{Connections, End, OpenError};
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +24,8 @@ pub(super) struct Link {
     pub(super) generation: u64,
     /// Hands writes to the publisher task, the only task that publishes on `writes`.
     pub(super) publisher: mpsc::Sender<Write>,
+    /// Hands reads to the read publisher task, the only task that publishes on `reads`.
+    pub(super) reader: mpsc::Sender<Read>,
     pub(super) writes: Channel,
     pub(super) reads: Channel,
     /// Why RabbitMQ blocks this link's connection from publishing (a resource alarm), if it does.
@@ -42,6 +46,8 @@ pub(super) struct Session {
     pub(super) generation: u64,
     /// Most writes and reads in flight at once (`MAX_IN_FLIGHT`).
     pub(super) max_in_flight: usize,
+    /// How long a read waits for its reply (`RPC_TIMEOUT_MS`).
+    pub(super) deadline: Duration,
 }
 
 /// What [`open`](kv_runtime::Session::open) sets up on a connection: the link requests use, and the reply consumer.
@@ -68,7 +74,13 @@ impl kv_runtime::Session for Session {
         writes
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let publisher = publisher::spawn(writes.clone(), self.max_in_flight, connections.blocked());
+        let queues: Arc<[ShortString]> = self.layout.queues().map(ShortString::from).collect();
+        let publisher = publisher::spawn(
+            writes.clone(),
+            queues.clone(),
+            self.max_in_flight,
+            connections.blocked(),
+        );
         let reads = connection.create_channel().await?;
         // Direct reply-to must be consumed in no-ack mode, before the first read is published.
         let no_ack = BasicConsumeOptions {
@@ -83,9 +95,17 @@ impl kv_runtime::Session for Session {
                 FieldTable::default(),
             )
             .await?;
+        let reader = reads::spawn(
+            reads.clone(),
+            queues,
+            self.max_in_flight,
+            self.deadline,
+            self.replies.clone(),
+        );
         let link = Link {
             generation: self.generation,
             publisher,
+            reader,
             writes,
             reads,
             blocked: connections.blocked(),
@@ -121,8 +141,15 @@ impl kv_runtime::Session for Session {
                 },
             };
             let correlation_id = delivery.properties.correlation_id().as_ref();
-            match (correlation_id, Reply::from_slice(&delivery.data)) {
-                (Some(id), Ok(reply)) => self.replies.complete(id.as_str(), reply),
+            let replies = Format::of(delivery.properties.kind().as_ref())
+                .map_err(|err| err.to_string())
+                .and_then(|format| {
+                    format
+                        .replies(&delivery.data)
+                        .map_err(|err| err.to_string())
+                });
+            match (correlation_id, replies) {
+                (Some(id), Ok(replies)) => self.replies.complete(id.as_str(), replies),
                 (_, Err(err)) => tracing::warn!(%err, "ignoring a malformed reply"),
                 (None, Ok(_)) => tracing::warn!("ignoring a reply without correlation id"),
             }

@@ -3,27 +3,33 @@
 //!
 //! - `link`: the connection's two channels, kept by `kv_runtime`'s supervisor. While there are
 //!   none (broker down, reconnecting) every request is answered `503` at once instead of hanging.
+//! - `coalesce`: what goes into one message. Requests that find a publisher busy go out together
+//!   in its next message, one per partition (protocol version 2's batches); a lone request goes
+//!   out at once.
 //! - `publisher`: writes go out on the confirm channel, published by one task per link in the
-//!   order they come. Each request awaits the confirm of its own message, so confirms of
-//!   concurrent requests overlap instead of queueing.
-//! - `replies`: reads go out on the second channel, without confirms, and their replies come
-//!   back through direct reply-to, matched to waiting requests by correlation id.
+//!   order they come. Each request awaits the confirm of the message that carries it, and
+//!   confirms of successive messages overlap instead of queueing.
+//! - `reads` and `replies`: reads go out on the second channel, without confirms, published by
+//!   one task per link; the reply to each message comes back through direct reply-to, is matched
+//!   to the message by correlation id, and gives each read its own answer.
 //! - `error`: what can go wrong, said so that a client knows whether its request was processed.
 
+mod coalesce;
 mod error;
 mod link;
 mod publisher;
+mod reads;
 mod replies;
 
 pub use error::BrokerError;
 
-use kv_protocol::{DIRECT_REPLY_TO, Key, Layout, REQUEST_ID_HEADER, Reply, Request, TopologyError};
+use kv_protocol::{Key, Layout, Reply, TopologyError};
 use kv_runtime::{Nodes, Supervisor};
 use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::ShortString;
 use link::{Link, Session};
 use publisher::{Unpublished, Verdict, Write};
+use reads::Read;
 use replies::PendingReplies;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +42,7 @@ const PERSISTENT: u8 = 2;
 
 const CONFIRMS: &str = "kv_amqp_publish_confirms_total";
 const READS_TIMED_OUT: &str = "kv_reads_timed_out_total";
+const REQUESTS_PER_MESSAGE: &str = "kv_requests_per_message";
 
 /// Names and explains the broker's series (the `# HELP` lines of `/metrics`).
 pub fn describe_metrics() {
@@ -53,6 +60,16 @@ pub fn describe_metrics() {
         metrics::counter!(CONFIRMS, "outcome" => outcome).increment(0);
     }
     metrics::counter!(READS_TIMED_OUT).increment(0);
+    metrics::describe_histogram!(
+        REQUESTS_PER_MESSAGE,
+        "Requests carried by each message published to RabbitMQ, by op: put (writes) or get \
+         (reads). Above 1 when requests arrive faster than one message at a time goes out"
+    );
+}
+
+/// Records how many requests of kind `op` one published message carries.
+fn count_batch(op: &'static str, requests: usize) {
+    metrics::histogram!(REQUESTS_PER_MESSAGE, "op" => op).record(requests as f64);
 }
 
 /// Counts one write's confirm by its outcome.
@@ -63,15 +80,12 @@ fn count_confirm(outcome: &'static str) {
 /// Handle used by request handlers; cheap to share behind an `Arc`.
 pub struct Broker {
     link: watch::Receiver<Option<Arc<Link>>>,
-    replies: Arc<PendingReplies>,
     /// The generation of a link a request found broken; the supervisor then rebuilds it.
     broken: watch::Sender<u64>,
     layout: Layout,
     /// Each partition's request queue, by partition, named once.
     queues: Vec<ShortString>,
     deadline: Duration,
-    /// The read deadline as an AMQP `expiration`, formatted once.
-    expiration: ShortString,
     /// A permit per request in flight, so that what waits in this process is bounded: a flood
     /// while RabbitMQ cannot keep up (or refuses, in an alarm) waits here, then gets `503`.
     in_flight: Semaphore,
@@ -105,18 +119,17 @@ impl Broker {
             broken: broken.subscribe(),
             generation: 0,
             max_in_flight,
+            deadline,
         };
         let supervisor = Supervisor::new(nodes, "front", layout.base(), shutdown);
         let task = tokio::spawn(supervisor.run(session));
         let broker = Self {
             link,
-            replies,
             broken,
             _stop_supervisor: stop_supervisor,
             queues: layout.queues().map(ShortString::from).collect(),
             layout,
             deadline,
-            expiration: deadline.as_millis().to_string().into(),
             in_flight: Semaphore::new(max_in_flight),
             max_in_flight,
         };
@@ -184,12 +197,12 @@ impl Broker {
         let (_permit, link, left) = self.admit().await?;
         let generation = link.generation;
         let (done, verdict) = oneshot::channel();
-        let queue = self.queue_of(&key).clone();
+        let partition = self.partition_of(&key);
         let write = Write {
-            queue: queue.clone(),
-            body: Request::Put { key, value }.to_vec(),
-            id: message_id(),
-            headers: request_headers(request_id),
+            partition,
+            key,
+            value,
+            request_id: request_id.to_owned(),
             done,
         };
         let call = async {
@@ -226,7 +239,7 @@ impl Broker {
                 // Someone deleted the queue: rebuilding the link declares it again.
                 report_broken(&self.broken, generation);
                 Err(BrokerError::Returned {
-                    queue: queue.to_string(),
+                    queue: self.queues[partition].to_string(),
                 })
             }
             Verdict::Nacked => {
@@ -239,27 +252,25 @@ impl Broker {
     /// Asks the back-server for the value under `key` and waits for its reply until the deadline.
     pub async fn read(&self, key: &Key, request_id: &str) -> Result<Option<f64>, BrokerError> {
         let (_permit, link, left) = self.admit().await?;
-        let mut waiting = self.replies.register();
-        let properties = json_properties()
-            .with_message_id(message_id())
-            .with_headers(request_headers(request_id))
-            .with_correlation_id(waiting.id.to_string().into())
-            .with_reply_to(DIRECT_REPLY_TO.into())
-            .with_expiration(self.expiration.clone());
-        let body = Request::Get { key }.to_vec();
+        let (answer, reply) = oneshot::channel();
+        let read = Read {
+            partition: self.partition_of(key),
+            key: key.clone(),
+            request_id: request_id.to_owned(),
+            answer,
+        };
         let call = async {
-            link.reads
-                .basic_publish(
-                    "".into(),
-                    self.queue_of(key).clone(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
+            link.reader
+                .send(read)
                 .await
-                .map_err(|err| self.link_failed(link.generation, err))?;
-            tracing::debug!("read published; waiting for the back-server's reply");
-            waiting.reply().await
+                .map_err(|_| BrokerError::Unavailable("the read publisher has stopped"))?;
+            match reply.await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(err)) => Err(self.link_failed(link.generation, err)),
+                Err(_) => Err(BrokerError::Unavailable(
+                    "the RabbitMQ link dropped before the reply",
+                )),
+            }
         };
         let reply = tokio::time::timeout(left, call).await.map_err(|_| {
             metrics::counter!(READS_TIMED_OUT).increment(1);
@@ -271,9 +282,9 @@ impl Broker {
         })
     }
 
-    /// The request queue of `key`'s partition.
-    fn queue_of(&self, key: &Key) -> &ShortString {
-        &self.queues[self.layout.partition_of(key) as usize]
+    /// The partition of `key`, which is also the index of its request queue.
+    fn partition_of(&self, key: &Key) -> usize {
+        self.layout.partition_of(key) as usize
     }
 
     fn link_failed(&self, generation: u64, err: lapin::Error) -> BrokerError {
@@ -297,15 +308,6 @@ fn report_broken(broken: &watch::Sender<u64>, generation: u64) {
 
 fn json_properties() -> BasicProperties {
     BasicProperties::default().with_content_type("application/json".into())
-}
-
-fn request_headers(request_id: &str) -> FieldTable {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        REQUEST_ID_HEADER.into(),
-        AMQPValue::LongString(request_id.into()),
-    );
-    headers
 }
 
 /// A unique id for each message: the back-server counts redeliveries by it (see its consumer).

@@ -1,23 +1,32 @@
 //! The write publisher: the one task per link that publishes writes on the confirm channel, and
 //! tells each write what RabbitMQ made of it.
 
-use super::{PERSISTENT, json_properties};
+use super::coalesce::{self, Partitioned};
+use super::{PERSISTENT, json_properties, message_id};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use kv_protocol::{BATCH_TYPE, Format, Key, Request, batch_body, request_ids_header};
 use lapin::options::BasicPublishOptions;
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::ShortString;
 use lapin::{Channel, Confirmation};
 use std::collections::HashSet;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// A write for the publisher task, and where to send what became of it.
 pub(super) struct Write {
-    /// The request queue of the key's partition.
-    pub(super) queue: ShortString,
-    pub(super) body: Vec<u8>,
-    pub(super) id: ShortString,
-    pub(super) headers: FieldTable,
+    /// The partition of the key, whose queue the write goes to.
+    pub(super) partition: usize,
+    pub(super) key: Key,
+    pub(super) value: f64,
+    pub(super) request_id: String,
     pub(super) done: oneshot::Sender<Result<Verdict, Unpublished>>,
+}
+
+impl Partitioned for Write {
+    fn partition(&self) -> usize {
+        self.partition
+    }
 }
 
 /// What RabbitMQ made of a published write.
@@ -32,7 +41,7 @@ pub(super) enum Verdict {
 }
 
 /// Why a write got no verdict.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum Unpublished {
     /// RabbitMQ blocks publishing (a resource alarm, the reason given): the write was never sent.
     Blocked(String),
@@ -40,43 +49,47 @@ pub(super) enum Unpublished {
     Link(lapin::Error),
 }
 
-/// Starts the publisher of a link's writes on `writes`, a channel in confirm mode, which takes
-/// at most `capacity` writes at once; it ends when the returned sender (the link) is dropped,
-/// once every confirm it awaits has come. `blocked` says whether RabbitMQ blocks the link's
-/// connection.
+/// Starts the publisher of a link's writes on `writes`, a channel in confirm mode, to the
+/// partitions' `queues`; it takes at most `capacity` writes at once, and ends when the returned
+/// sender (the link) is dropped, once every confirm it awaits has come. `blocked` says whether
+/// RabbitMQ blocks the link's connection.
 pub(super) fn spawn(
     writes: Channel,
+    queues: Arc<[ShortString]>,
     capacity: usize,
     blocked: watch::Receiver<Option<String>>,
 ) -> mpsc::Sender<Write> {
     let (publisher, requests) = mpsc::channel(capacity);
-    tokio::spawn(publish_writes(writes, requests, blocked));
+    tokio::spawn(publish_writes(writes, queues, requests, blocked));
     publisher
 }
 
-/// Publishes every write of one link and tells each its verdict.
+/// Publishes every write of one link, the writes it finds ready together in one message per
+/// partition (see [`coalesce`]), and tells each write the verdict on its message.
 ///
 /// One task, because lapin numbers a publish for its confirm in one step and queues its frames
 /// in another: two tasks publishing at once on a multi-threaded runtime can send their frames in
 /// the opposite order of their numbers, and then the broker's confirm of one message resolves the
 /// other's. A write would get its `200` before RabbitMQ has it, and a read sent right after could
-/// overtake it (kv-bench's mixed run caught exactly that). Inside this task both steps happen in
-/// the first poll of `basic_publish`, which nothing can interleave with, so the publishes can
-/// still overlap. The task also awaits every confirm, even those whose request has given up,
-/// since lapin keeps unawaited confirms forever.
+/// overtake it (kv-bench's mixed run caught exactly that). The task awaits each publish until
+/// lapin has taken its frames, and awaits the confirms together, so that messages still overlap
+/// on their way to the disk; it awaits every confirm, even those whose requests have given up,
+/// since lapin keeps unawaited confirms forever. Writes that arrive while it publishes go out
+/// together in the next message.
 ///
 /// A write is published only if its request still waits for it (a client that hung up or ran
 /// out of time must not have its write applied later) and RabbitMQ does not block the connection
 /// (lapin would hold the write and send it whenever the alarm clears, long after its `503`).
 ///
-/// Returns are matched to writes by message id, not by the confirm lapin hands them with: lapin
+/// Returns are matched to messages by message id, not by the confirm lapin hands them with: lapin
 /// attaches a `basic.return` to whichever confirm it completes next, and completes the tags of a
-/// `multiple` ack in no set order, so a returned write's return can arrive with another write's
-/// confirm. RabbitMQ sends a write's return before its ack, and lapin completes the confirm that
-/// carries it no later than the returned write's own; so every confirm that is ready is looked
+/// `multiple` ack in no set order, so a returned message's return can arrive with another's
+/// confirm. RabbitMQ sends a message's return before its ack, and lapin completes the confirm that
+/// carries it no later than the returned message's own; so every confirm that is ready is looked
 /// at before any verdict is given.
 async fn publish_writes(
     writes: Channel,
+    queues: Arc<[ShortString]>,
     mut requests: mpsc::Receiver<Write>,
     blocked: watch::Receiver<Option<String>>,
 ) {
@@ -84,32 +97,55 @@ async fn publish_writes(
         mandatory: true,
         ..BasicPublishOptions::default()
     };
-    let properties = json_properties().with_delivery_mode(PERSISTENT);
-    let writes = &writes;
+    let properties = json_properties()
+        .with_delivery_mode(PERSISTENT)
+        .with_type(BATCH_TYPE.into());
     let mut in_flight = FuturesUnordered::new();
     let mut returned = HashSet::new();
     loop {
         tokio::select! {
             request = requests.recv() => {
-                let Some(Write { queue, body, id, headers, done }) = request else { break };
-                if done.is_closed() {
-                    tracing::debug!(message_id = %id, "dropping a write whose request has ended");
-                    continue;
+                let Some(first) = request else { break };
+                for (partition, mut batch) in coalesce::take_ready(first, &mut requests) {
+                    batch.retain(|write| {
+                        let waiting = !write.done.is_closed();
+                        if !waiting {
+                            tracing::debug!(request_id = write.request_id, "dropping a write whose request has ended");
+                        }
+                        waiting
+                    });
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    if let Some(reason) = blocked.borrow().clone() {
+                        for write in batch {
+                            let _ = write.done.send(Err(Unpublished::Blocked(reason.clone())));
+                        }
+                        continue;
+                    }
+                    super::count_batch("put", batch.len());
+                    let puts: Vec<_> = batch
+                        .iter()
+                        .map(|write| Request::Put { key: &write.key, value: write.value })
+                        .collect();
+                    let body = batch_body(&puts);
+                    let id = message_id();
+                    let properties = properties
+                        .clone()
+                        .with_message_id(id.clone())
+                        .with_headers(request_ids_header(
+                            Format::Batch,
+                            batch.iter().map(|write| write.request_id.as_str()),
+                        ));
+                    let published = writes
+                        .basic_publish("".into(), queues[partition].clone(), mandatory, &body, properties)
+                        .await;
+                    let done: Vec<_> = batch.into_iter().map(|write| write.done).collect();
+                    match published {
+                        Ok(confirm) => in_flight.push(confirm.map(move |confirmed| (id, confirmed, done))),
+                        Err(err) => tell(done, Err(Unpublished::Link(err))),
+                    }
                 }
-                if let Some(reason) = blocked.borrow().clone() {
-                    let _ = done.send(Err(Unpublished::Blocked(reason)));
-                    continue;
-                }
-                let properties = properties.clone().with_message_id(id.clone()).with_headers(headers);
-                in_flight.push(async move {
-                    let confirmed = async {
-                        writes
-                            .basic_publish("".into(), queue, mandatory, &body, properties)
-                            .await?
-                            .await
-                    };
-                    (id, confirmed.await, done)
-                });
             }
             Some(first) = in_flight.next(), if !in_flight.is_empty() => {
                 let mut ready = vec![first];
@@ -132,10 +168,20 @@ async fn publish_writes(
                         Ok(Confirmation::Nack(_) | Confirmation::NotRequested) => Ok(Verdict::Nacked),
                         Err(err) => Err(Unpublished::Link(err)),
                     };
-                    let _ = done.send(verdict);
+                    tell(done, verdict);
                 }
             }
         }
     }
     while in_flight.next().await.is_some() {}
+}
+
+/// Tells every write of a message what became of it.
+fn tell(
+    done: Vec<oneshot::Sender<Result<Verdict, Unpublished>>>,
+    verdict: Result<Verdict, Unpublished>,
+) {
+    for write in done {
+        let _ = write.send(verdict.clone());
+    }
 }

@@ -1,49 +1,99 @@
-//! Reads waiting for their reply, matched by correlation id. AMQP has no request/response: a read
-//! is a message out and a reply is a message back, and this map is what pairs them. A reply that
-//! arrives after its read gave up finds nobody and is dropped.
+//! Reads waiting for their reply, matched by correlation id. AMQP has no request/response: a
+//! message of reads goes out and one reply comes back, and this map is what pairs them, then hands
+//! each read its own answer. A reply that arrives after its reads gave up finds nobody and is
+//! dropped.
 
-use super::BrokerError;
 use kv_protocol::Reply;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
-/// Reads waiting for their reply, by correlation id.
+/// What a read is told: the back-server's reply, or the link failure that kept its message from
+/// going out. A read whose sender is dropped unanswered lost its link before the reply came.
+pub(super) type Answer = Result<Reply, lapin::Error>;
+
+/// Messages of reads waiting for their reply, by correlation id.
 ///
 /// A plain mutex is right here: it is held for one map operation, never across an await.
-/// Correlation ids are a counter, unique for the life of the process.
+/// Correlation ids are a counter, unique for the life of the process; as they grow with time, so
+/// do the instants after which their reads have all given up, and the map, ordered by id, drops
+/// those from its front.
 #[derive(Default)]
 pub(super) struct PendingReplies {
     next_id: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    waiting: Mutex<BTreeMap<u64, Pending>>,
+}
+
+/// The reads of one message, in the order of the message, and when they will all have given up.
+struct Pending {
+    answers: Vec<oneshot::Sender<Answer>>,
+    given_up_at: Instant,
 }
 
 impl PendingReplies {
-    /// Registers a read; publish it with the returned [`Waiting::id`] as its correlation id.
-    pub(super) fn register(&self) -> Waiting<'_> {
+    /// Registers the reads of a message, which give up after `deadline` at the latest; publish
+    /// it with the returned id as its correlation id. Forgets messages whose reads have all given
+    /// up, whose replies never came.
+    pub(super) fn register(
+        &self,
+        answers: Vec<oneshot::Sender<Answer>>,
+        deadline: Duration,
+    ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = oneshot::channel();
-        self.lock().insert(id, sender);
-        Waiting {
-            replies: self,
-            id,
-            receiver,
+        let now = Instant::now();
+        let mut waiting = self.lock();
+        while let Some(entry) = waiting.first_entry()
+            && entry.get().given_up_at <= now
+        {
+            entry.remove();
         }
+        let given_up_at = now + deadline;
+        waiting.insert(
+            id,
+            Pending {
+                answers,
+                given_up_at,
+            },
+        );
+        id
     }
 
-    /// Hands a reply to its waiting request; a reply nobody waits for any more (its request
-    /// timed out or was abandoned), or whose correlation id is not one of ours, is dropped.
-    pub(super) fn complete(&self, correlation_id: &str, reply: Reply) {
-        let sender = correlation_id
+    /// Hands each read of the message with `correlation_id` its reply, in order. A reply nobody
+    /// waits for any more (its reads timed out, or it was answered already), or whose correlation
+    /// id is not one of ours, is dropped; so is one with another number of replies than the
+    /// message had reads, since it cannot be told which answer is whose.
+    pub(super) fn complete(&self, correlation_id: &str, replies: Vec<Reply>) {
+        let pending = correlation_id
             .parse()
             .ok()
             .and_then(|id| self.lock().remove(&id));
-        match sender {
-            Some(sender) => {
-                let _ = sender.send(reply);
+        let Some(Pending { answers, .. }) = pending else {
+            tracing::debug!(correlation_id, "dropping a reply nobody waits for");
+            return;
+        };
+        if answers.len() != replies.len() {
+            tracing::warn!(
+                correlation_id,
+                reads = answers.len(),
+                replies = replies.len(),
+                "dropping a reply that does not answer each read of its message"
+            );
+            return;
+        }
+        for (answer, reply) in answers.into_iter().zip(replies) {
+            let _ = answer.send(Ok(reply));
+        }
+    }
+
+    /// Tells the reads of a message that could not be published why.
+    pub(super) fn fail(&self, correlation_id: u64, err: lapin::Error) {
+        if let Some(pending) = self.lock().remove(&correlation_id) {
+            for answer in pending.answers {
+                let _ = answer.send(Err(err.clone()));
             }
-            None => tracing::debug!(correlation_id, "dropping a reply nobody waits for"),
         }
     }
 
@@ -52,32 +102,10 @@ impl PendingReplies {
         self.lock().clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Pending>> {
         self.waiting
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// One registered read; deregisters itself when dropped, whether it got its reply or not.
-pub(super) struct Waiting<'a> {
-    replies: &'a PendingReplies,
-    pub(super) id: u64,
-    receiver: oneshot::Receiver<Reply>,
-}
-
-impl Waiting<'_> {
-    /// The reply, once it comes; an error if the link dropped first.
-    pub(super) async fn reply(&mut self) -> Result<Reply, BrokerError> {
-        (&mut self.receiver)
-            .await
-            .map_err(|_| BrokerError::Unavailable("the RabbitMQ link dropped before the reply"))
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.replies.lock().remove(&self.id);
     }
 }
 
@@ -85,70 +113,99 @@ impl Drop for Waiting<'_> {
 mod tests {
     use super::*;
 
+    const DEADLINE: Duration = Duration::from_secs(5);
+
     fn found(value: f64) -> Reply {
         Reply::Found { value }
     }
 
+    /// Registers a message of `n` reads; returns its id and what each read will be told.
+    fn register(replies: &PendingReplies, n: usize) -> (u64, Vec<oneshot::Receiver<Answer>>) {
+        let (answers, receivers) = (0..n).map(|_| oneshot::channel()).unzip();
+        (replies.register(answers, DEADLINE), receivers)
+    }
+
+    async fn reply(receiver: oneshot::Receiver<Answer>) -> Reply {
+        receiver.await.unwrap().unwrap()
+    }
+
     #[tokio::test]
-    async fn each_reply_reaches_the_read_with_its_correlation_id() {
+    async fn each_read_of_a_message_gets_its_own_answer_by_correlation_id() {
         let replies = PendingReplies::default();
-        let mut first = replies.register();
-        let mut second = replies.register();
-        assert_ne!(first.id, second.id);
+        let (first, mut first_reads) = register(&replies, 2);
+        let (second, mut second_reads) = register(&replies, 1);
+        assert_ne!(first, second);
 
-        replies.complete(&second.id.to_string(), found(2.0));
-        replies.complete(&first.id.to_string(), Reply::NotFound);
+        replies.complete(&second.to_string(), vec![found(3.0)]);
+        replies.complete(&first.to_string(), vec![found(1.0), Reply::NotFound]);
 
-        assert_eq!(second.reply().await.unwrap(), found(2.0));
-        assert_eq!(first.reply().await.unwrap(), Reply::NotFound);
+        assert_eq!(reply(second_reads.remove(0)).await, found(3.0));
+        assert_eq!(reply(first_reads.remove(0)).await, found(1.0));
+        assert_eq!(reply(first_reads.remove(0)).await, Reply::NotFound);
     }
 
     #[tokio::test]
     async fn a_reply_for_an_unknown_or_foreign_id_is_dropped_and_disturbs_nobody() {
         let replies = PendingReplies::default();
-        let mut waiting = replies.register();
+        let (id, mut reads) = register(&replies, 1);
 
-        replies.complete(&(waiting.id + 1000).to_string(), found(1.0));
-        replies.complete("not-a-number", found(1.0));
-        replies.complete(&waiting.id.to_string(), found(3.0));
+        replies.complete(&(id + 1000).to_string(), vec![found(1.0)]);
+        replies.complete("not-a-number", vec![found(1.0)]);
+        replies.complete(&id.to_string(), vec![found(3.0)]);
 
-        assert_eq!(waiting.reply().await.unwrap(), found(3.0));
-    }
-
-    #[tokio::test]
-    async fn a_late_reply_finds_nobody_once_its_read_has_given_up() {
-        let replies = PendingReplies::default();
-        let id = replies.register().id;
-        assert!(replies.lock().is_empty(), "a dropped read deregisters");
-
-        replies.complete(&id.to_string(), found(1.0));
-        assert!(replies.lock().is_empty());
+        assert_eq!(reply(reads.remove(0)).await, found(3.0));
     }
 
     #[tokio::test]
     async fn a_second_reply_with_the_same_id_is_dropped() {
         let replies = PendingReplies::default();
-        let mut waiting = replies.register();
-        replies.complete(&waiting.id.to_string(), found(1.0));
-        replies.complete(&waiting.id.to_string(), found(2.0));
-        assert_eq!(waiting.reply().await.unwrap(), found(1.0));
+        let (id, mut reads) = register(&replies, 1);
+        replies.complete(&id.to_string(), vec![found(1.0)]);
+        replies.complete(&id.to_string(), vec![found(2.0)]);
+        assert_eq!(reply(reads.remove(0)).await, found(1.0));
     }
 
     #[tokio::test]
-    async fn abandoning_all_ends_every_waiting_read_as_unavailable() {
+    async fn a_reply_with_another_number_of_answers_answers_nobody() {
         let replies = PendingReplies::default();
-        let mut first = replies.register();
-        let mut second = replies.register();
+        let (id, reads) = register(&replies, 2);
+        replies.complete(&id.to_string(), vec![found(1.0)]);
+        for read in reads {
+            assert!(read.await.is_err(), "no read may take another's answer");
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_whose_reads_have_all_given_up_are_forgotten() {
+        let replies = PendingReplies::default();
+        let (answer, _read) = oneshot::channel();
+        let old = replies.register(vec![answer], Duration::ZERO);
+        let (new, _reads) = register(&replies, 1);
+        let waiting: Vec<u64> = replies.lock().keys().copied().collect();
+        assert_eq!(waiting, [new], "{old} was forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_tells_each_read_of_its_message_why() {
+        let replies = PendingReplies::default();
+        let (id, reads) = register(&replies, 2);
+        replies.fail(id, lapin::ErrorKind::MissingHeartbeatError.into());
+        for read in reads {
+            assert!(read.await.unwrap().is_err());
+        }
+        assert!(replies.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn abandoning_all_ends_every_waiting_read() {
+        let replies = PendingReplies::default();
+        let (_, first) = register(&replies, 1);
+        let (_, second) = register(&replies, 2);
 
         replies.abandon_all();
 
-        for waiting in [&mut first, &mut second] {
-            let err = waiting.reply().await.unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                "RabbitMQ is unavailable, the request was not processed: \
-                 the RabbitMQ link dropped before the reply"
-            );
+        for read in first.into_iter().chain(second) {
+            assert!(read.await.is_err(), "ended unanswered: the link is gone");
         }
     }
 }
