@@ -40,6 +40,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// stays silent for two intervals; RabbitMQ's default of 60 s would leave a link cut by the network
 /// (no FIN, no RST) looking alive for two minutes.
 const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// Largest AMQP frame unless the URL sets one (`?frame_max=N`). lapin keeps two buffers of 32
+/// frames per connection, zero-filled: at RabbitMQ's default of 128 KiB that is 8 MiB per
+/// connection, most of a server's memory. Our messages are small (a full batch of writes is a
+/// few frames of 32 KiB), and RabbitMQ splits and joins frames for any size.
+const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
 /// How long setting up a link (channels, declarations, consumer) may take on a new connection.
 /// RabbitMQ answers in milliseconds; a setup that gets no answer is retried like a failed
 /// connect, since without this bound a server could wait forever, unable to serve.
@@ -67,6 +72,7 @@ impl AmqpSettings {
                     .parse()
                     .map_err(|err| anyhow::anyhow!("invalid AMQP_URL {}: {err}", redact(url)))?;
                 uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+                uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
                 if let Some(password) = &password {
                     overridden |= has_password(url);
                     uri.authority.userinfo.password.clone_from(password);
@@ -536,6 +542,15 @@ mod tests {
             .unwrap();
         assert_eq!(uris[0].query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
         assert_eq!(uris[1].query.heartbeat, Some(30));
+    }
+
+    #[test]
+    fn a_frame_size_is_set_unless_the_url_sets_one() {
+        let uris = settings("amqp://h/%2f, amqp://h2/%2f?frame_max=131072")
+            .uris()
+            .unwrap();
+        assert_eq!(uris[0].query.frame_max, Some(DEFAULT_FRAME_MAX));
+        assert_eq!(uris[1].query.frame_max, Some(131_072));
     }
 
     #[test]
