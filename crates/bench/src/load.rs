@@ -8,10 +8,11 @@ use std::process::Command;
 use std::time::Duration;
 
 /// The wrk scripts, compiled into the binary so that it runs from anywhere.
-const SCRIPTS: [(&str, &str); 3] = [
+const SCRIPTS: [(&str, &str); 4] = [
     ("post.lua", include_str!("../lua/post.lua")),
     ("get.lua", include_str!("../lua/get.lua")),
     ("mixed.lua", include_str!("../lua/mixed.lua")),
+    ("bare.lua", include_str!("../lua/bare.lua")),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +24,8 @@ pub enum Script {
     /// POST then GET of the same key, for a fixed number of requests; arguments: a key prefix
     /// unique to the run and the requests per connection.
     Mixed,
+    /// `GET /health`, which touches no broker: the front-server's bare HTTP rate; no arguments.
+    Bare,
 }
 
 impl Script {
@@ -31,6 +34,7 @@ impl Script {
             Self::Post => SCRIPTS[0].0,
             Self::Get => SCRIPTS[1].0,
             Self::Mixed => SCRIPTS[2].0,
+            Self::Bare => SCRIPTS[3].0,
         }
     }
 }
