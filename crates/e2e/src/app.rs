@@ -467,6 +467,36 @@ pub async fn publish_raw_to(channel: &lapin::Channel, queue: &str, body: &[u8]) 
     assert!(confirm.is_ack());
 }
 
+/// Takes `count` messages off `queue` (acked as taken), waiting for them up to [`PATIENCE`]:
+/// what a test reads from a dead-letter queue.
+pub async fn take_messages(
+    channel: &lapin::Channel,
+    queue: &str,
+    count: usize,
+) -> Vec<lapin::message::Delivery> {
+    let started = tokio::time::Instant::now();
+    let mut taken = Vec::new();
+    while taken.len() < count {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "only {} of {count} messages in {queue}",
+            taken.len()
+        );
+        let got = channel
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get");
+        match got {
+            Some(message) => taken.push(message.delivery),
+            None => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    taken
+}
+
 /// The URL that reads `key` from the front-server at `address`, the key percent-encoded.
 pub fn key_url(address: &str, key: &str) -> String {
     let query: String = form_urlencoded::Serializer::new(String::new())

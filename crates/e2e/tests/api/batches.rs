@@ -4,12 +4,11 @@
 //! cannot be read whole is dead-lettered whole.
 
 use futures_util::StreamExt;
-use kv_e2e::app::{Options, PATIENCE, TestApp, json, spawn_app, spawn_app_with};
+use kv_e2e::app::{Options, PATIENCE, TestApp, json, spawn_app, spawn_app_with, take_messages};
 use kv_protocol::{BATCH_TYPE, DEAD_REASON_HEADER, DIRECT_REPLY_TO, Format, Reply};
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicPublishOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Consumer};
-use std::time::Duration;
 
 /// Publishes `body` on the request queue with the AMQP `type` `kind`, persistent and confirmed,
 /// as a front-server of that protocol version would publish a write.
@@ -169,19 +168,7 @@ async fn a_batch_that_cannot_be_read_whole_is_dead_lettered_whole() {
     app.wait_for_db_value("after", 5.0).await;
 
     let dead = kv_protocol::dead_letter_queue(&app.queue);
-    let mut kept = Vec::new();
-    let started = tokio::time::Instant::now();
-    while kept.len() < 2 {
-        assert!(started.elapsed() < PATIENCE, "only {kept:?}");
-        match channel
-            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => kept.push(message.delivery),
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    let kept = take_messages(&channel, &dead, 2).await;
     let reason = |delivery: &lapin::message::Delivery| {
         let headers = delivery.properties.headers().clone().expect("headers");
         match headers.inner().get(DEAD_REASON_HEADER) {

@@ -1,10 +1,8 @@
 //! Guarantee 6 of docs/CONTRACT.md: a message the back-server cannot parse is kept in `<KV_QUEUE>.dead`
 //! with the reason, and the queue goes on.
 
-use kv_e2e::app::{PATIENCE, json, spawn_app};
-use lapin::options::BasicGetOptions;
+use kv_e2e::app::{json, spawn_app, take_messages};
 use lapin::types::AMQPValue;
-use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn a_malformed_message_is_dead_lettered_and_the_next_write_is_applied() {
@@ -21,23 +19,7 @@ async fn a_malformed_message_is_dead_lettered_and_the_next_write_is_applied() {
     app.wait_for_db_value("after", 5.0).await;
 
     let dead = kv_protocol::dead_letter_queue(&app.queue);
-    let started = Instant::now();
-    let mut kept = Vec::new();
-    while kept.len() < 2 {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "only {} dead-lettered",
-            kept.len()
-        );
-        match channel
-            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => kept.push(message.delivery),
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    let kept = take_messages(&channel, &dead, 2).await;
     assert_eq!(kept[0].data, b"not json at all");
     assert_eq!(kept[1].data, br#"{"op":"put","key":"","value":1}"#);
     let headers = kept[0].properties.headers().clone().expect("headers");
@@ -78,18 +60,7 @@ async fn a_dead_letter_loses_its_expiration_and_stays_until_someone_takes_it() {
 
     // Act: the back-server dead-letters it.
     let dead = kv_protocol::dead_letter_queue(&app.queue);
-    let started = Instant::now();
-    let kept = loop {
-        assert!(started.elapsed() < PATIENCE, "never dead-lettered");
-        match channel
-            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => break message.delivery,
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
+    let kept = take_messages(&channel, &dead, 1).await.remove(0);
 
     // Assert: a dead letter waits for a person, not for the read's deadline.
     assert_eq!(kept.properties.expiration(), &None);

@@ -16,6 +16,8 @@ use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use std::any::Any;
 use std::sync::Arc;
+use tower::ServiceBuilder;
+use tower::util::option_layer;
 use tower_http::LatencyUnit;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
@@ -46,18 +48,23 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
         // One line per request, when it is answered. ApiError logs our failures once, with their
-        // cause; the trace layer need not repeat them.
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_request(())
-                .on_response(
-                    DefaultOnResponse::new()
-                        .level(Level::INFO)
-                        .latency_unit(LatencyUnit::Micros),
+        // cause; the trace layer need not repeat them. Only when the log filter lets its span or
+        // its line through: otherwise it would only cost every request a microsecond.
+        .layer(option_layer(traced().then(|| {
+            ServiceBuilder::new()
+                .map_response(IntoResponse::into_response)
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_request(())
+                        .on_response(
+                            DefaultOnResponse::new()
+                                .level(Level::INFO)
+                                .latency_unit(LatencyUnit::Micros),
+                        )
+                        .on_failure(()),
                 )
-                .on_failure(()),
-        )
+        })))
         // A client's own `x-request-id` is kept (it may trace the request across services);
         // otherwise a UUID is made. Either way it is in the answer, the logs and the AMQP message.
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -66,6 +73,13 @@ pub fn router(state: AppState) -> Router {
         // Router::layer wraps each route, so the matched route is known to it.
         .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
+}
+
+/// Whether the log filter lets through the request span or the line per answered request. The
+/// filter is set once, at start-up, so asking once is enough.
+fn traced() -> bool {
+    tracing::enabled!(Level::INFO)
+        || tracing::enabled!(target: "tower_http::trace::on_response", Level::INFO)
 }
 
 /// The span every log line of a request is in: its id, method and path. Not its query, which
