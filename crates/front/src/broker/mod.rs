@@ -28,10 +28,11 @@ use kv_runtime::{Nodes, Supervisor};
 use lapin::BasicProperties;
 use lapin::types::ShortString;
 use link::{Link, Session};
+use metrics::{Counter, Histogram};
 use publisher::{Unpublished, Verdict, Write};
 use reads::Read;
 use replies::PendingReplies;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -56,8 +57,8 @@ pub fn describe_metrics() {
         "Reads that got no reply within RPC_TIMEOUT_MS (answered 504)"
     );
     // Present from the start at 0, so that `rate()` and `increase()` see the first event too.
-    for outcome in ["ack", "nack", "returned", "timeout", "error"] {
-        metrics::counter!(CONFIRMS, "outcome" => outcome).increment(0);
+    for outcome in OUTCOMES {
+        count_confirm(outcome, 0);
     }
     metrics::counter!(READS_TIMED_OUT).increment(0);
     metrics::describe_histogram!(
@@ -67,14 +68,28 @@ pub fn describe_metrics() {
     );
 }
 
-/// Records how many requests of kind `op` one published message carries.
+/// Records how many requests of kind `op` (`put` or `get`) one published message carries.
 fn count_batch(op: &'static str, requests: usize) {
-    metrics::histogram!(REQUESTS_PER_MESSAGE, "op" => op).record(requests as f64);
+    static PER_MESSAGE: LazyLock<[Histogram; 2]> = LazyLock::new(|| {
+        ["put", "get"].map(|op| metrics::histogram!(REQUESTS_PER_MESSAGE, "op" => op))
+    });
+    PER_MESSAGE[usize::from(op == "get")].record(requests as f64);
 }
 
-/// Counts one write's confirm by its outcome.
-fn count_confirm(outcome: &'static str) {
-    metrics::counter!(CONFIRMS, "outcome" => outcome).increment(1);
+/// How RabbitMQ can answer a write, as the `outcome` label of its confirms' counter.
+const OUTCOMES: [&str; 5] = ["ack", "nack", "returned", "timeout", "error"];
+
+/// Counts `writes` confirms of one outcome (one of [`OUTCOMES`]). The counters' handles are
+/// looked up in the recorder once: a lookup hashes the name and labels and costs far more than
+/// the count, on every write.
+fn count_confirm(outcome: &'static str, writes: u64) {
+    static CONFIRMED: LazyLock<[Counter; 5]> =
+        LazyLock::new(|| OUTCOMES.map(|outcome| metrics::counter!(CONFIRMS, "outcome" => outcome)));
+    let index = OUTCOMES
+        .iter()
+        .position(|known| *known == outcome)
+        .expect("a known outcome");
+    CONFIRMED[index].increment(writes);
 }
 
 /// Handle used by request handlers; cheap to share behind an `Arc`.
@@ -216,13 +231,13 @@ impl Broker {
                 .map_err(|unpublished| match unpublished {
                     Unpublished::Blocked(alarm) => BrokerError::Blocked(alarm),
                     Unpublished::Link(err) => {
-                        count_confirm("error");
+                        count_confirm("error", 1);
                         self.link_failed(generation, err)
                     }
                 })
         };
         let verdict = tokio::time::timeout(left, call).await.map_err(|_| {
-            count_confirm("timeout");
+            count_confirm("timeout", 1);
             let ms = self.deadline.as_millis() as u64;
             match link.blocked.borrow().clone() {
                 Some(alarm) => BrokerError::UnconfirmedInAlarm { ms, alarm },
@@ -231,11 +246,11 @@ impl Broker {
         })??;
         match verdict {
             Verdict::Acked => {
-                count_confirm("ack");
+                count_confirm("ack", 1);
                 Ok(())
             }
             Verdict::Returned => {
-                count_confirm("returned");
+                count_confirm("returned", 1);
                 // Someone deleted the queue: rebuilding the link declares it again.
                 report_broken(&self.broken, generation);
                 Err(BrokerError::Returned {
@@ -243,7 +258,7 @@ impl Broker {
                 })
             }
             Verdict::Nacked => {
-                count_confirm("nack");
+                count_confirm("nack", 1);
                 Err(BrokerError::Nacked)
             }
         }
