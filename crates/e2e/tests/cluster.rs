@@ -19,6 +19,27 @@ const DEADLINE: Duration = Duration::from_secs(5);
 const RECOVERY: Duration = Duration::from_secs(10);
 
 /// Runs `scripts/cluster` with `args` and returns what it printed; fails if it fails.
+/// Runs a blocking command (`scripts/cluster`, `rabbitmqctl`, `kill`) on a thread of its own. On
+/// the test's runtime it would stop the writers too, and the seconds a node takes to start would
+/// count against the servers as the latency of the requests in flight.
+async fn off_runtime<T: Send + 'static>(command: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(command)
+        .await
+        .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()))
+}
+
+/// `scripts/cluster` with `args`, run off the test's runtime (see [`off_runtime`]).
+async fn cluster_off_runtime(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    off_runtime(move || cluster(&args.iter().map(String::as_str).collect::<Vec<_>>())).await
+}
+
+/// `rabbitmqctl` with `args`, run off the test's runtime (see [`off_runtime`]).
+async fn rabbitmqctl_off_runtime(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    off_runtime(move || rabbitmqctl(&args.iter().map(String::as_str).collect::<Vec<_>>())).await
+}
+
 fn cluster(args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/cluster");
     let output = Command::new(script)
@@ -141,25 +162,19 @@ async fn killing_the_node_that_leads_the_queue_under_load_loses_no_acknowledged_
 
     let writers = load(&[&doomed, &survivor]);
     writers.wait_for_acked(500).await;
-    let pid = cluster(&["pid", &leader.to_string()]);
+    let pid = cluster_off_runtime(&["pid", &leader.to_string()]).await;
     let killed = Instant::now();
-    let status = Command::new("kill")
-        .args(["-9", pid.trim()])
-        .status()
+    let kill = pid.trim().to_owned();
+    let status = off_runtime(move || Command::new("kill").args(["-9", &kill]).status())
+        .await
         .unwrap();
     assert!(status.success(), "kill -9 {pid}");
     let acked = writers.acked();
     writers.wait_for_acked(acked + 1000).await;
 
-    cluster(&["start-node", &leader.to_string()]);
-    let status = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../scripts/cluster"
-    ))
-    .arg("status")
-    .status()
-    .unwrap();
-    assert!(status.success(), "node {leader} rejoined the cluster");
+    cluster_off_runtime(&["start-node", &leader.to_string()]).await;
+    // Fails unless every node is running and in the cluster.
+    cluster_off_runtime(&["status"]).await;
     let acked = writers.acked();
     writers.wait_for_acked(acked + 300).await;
     let attempts = writers.stop().await;
@@ -193,12 +208,12 @@ async fn stopping_each_node_in_turn_keeps_the_store_serving_and_loses_nothing() 
     let mut stops = Vec::new();
     for node in 1..=3 {
         let name = node_name(node);
-        rabbitmqctl(&["-n", &name, "stop_app"]);
+        rabbitmqctl_off_runtime(&["-n", &name, "stop_app"]).await;
         stops.push(Instant::now());
         let acked = writers.acked();
         writers.wait_for_acked(acked + 300).await;
-        rabbitmqctl(&["-n", &name, "start_app"]);
-        cluster(&["start"]);
+        rabbitmqctl_off_runtime(&["-n", &name, "start_app"]).await;
+        cluster_off_runtime(&["start"]).await;
         let acked = writers.acked();
         writers.wait_for_acked(acked + 100).await;
     }
