@@ -28,16 +28,10 @@ async fn off_runtime<T: Send + 'static>(command: impl FnOnce() -> T + Send + 'st
         .unwrap_or_else(|failed| std::panic::resume_unwind(failed.into_panic()))
 }
 
-/// `scripts/cluster` with `args`, run off the test's runtime (see [`off_runtime`]).
-async fn cluster_off_runtime(args: &[&str]) -> String {
+/// `run` (`cluster` or `rabbitmqctl`) with `args`, off the test's runtime (see [`off_runtime`]).
+async fn run_off_runtime(run: fn(&[&str]) -> String, args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    off_runtime(move || cluster(&args.iter().map(String::as_str).collect::<Vec<_>>())).await
-}
-
-/// `rabbitmqctl` with `args`, run off the test's runtime (see [`off_runtime`]).
-async fn rabbitmqctl_off_runtime(args: &[&str]) -> String {
-    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-    off_runtime(move || rabbitmqctl(&args.iter().map(String::as_str).collect::<Vec<_>>())).await
+    off_runtime(move || run(&args.iter().map(String::as_str).collect::<Vec<_>>())).await
 }
 
 fn cluster(args: &[&str]) -> String {
@@ -162,7 +156,7 @@ async fn killing_the_node_that_leads_the_queue_under_load_loses_no_acknowledged_
 
     let writers = load(&[&doomed, &survivor]);
     writers.wait_for_acked(500).await;
-    let pid = cluster_off_runtime(&["pid", &leader.to_string()]).await;
+    let pid = run_off_runtime(cluster, &["pid", &leader.to_string()]).await;
     let killed = Instant::now();
     let kill = pid.trim().to_owned();
     let status = off_runtime(move || Command::new("kill").args(["-9", &kill]).status())
@@ -172,9 +166,9 @@ async fn killing_the_node_that_leads_the_queue_under_load_loses_no_acknowledged_
     let acked = writers.acked();
     writers.wait_for_acked(acked + 1000).await;
 
-    cluster_off_runtime(&["start-node", &leader.to_string()]).await;
+    run_off_runtime(cluster, &["start-node", &leader.to_string()]).await;
     // Fails unless every node is running and in the cluster.
-    cluster_off_runtime(&["status"]).await;
+    run_off_runtime(cluster, &["status"]).await;
     let acked = writers.acked();
     writers.wait_for_acked(acked + 300).await;
     let attempts = writers.stop().await;
@@ -208,12 +202,12 @@ async fn stopping_each_node_in_turn_keeps_the_store_serving_and_loses_nothing() 
     let mut stops = Vec::new();
     for node in 1..=3 {
         let name = node_name(node);
-        rabbitmqctl_off_runtime(&["-n", &name, "stop_app"]).await;
+        run_off_runtime(rabbitmqctl, &["-n", &name, "stop_app"]).await;
         stops.push(Instant::now());
         let acked = writers.acked();
         writers.wait_for_acked(acked + 300).await;
-        rabbitmqctl_off_runtime(&["-n", &name, "start_app"]).await;
-        cluster_off_runtime(&["start"]).await;
+        run_off_runtime(rabbitmqctl, &["-n", &name, "start_app"]).await;
+        run_off_runtime(cluster, &["start"]).await;
         let acked = writers.acked();
         writers.wait_for_acked(acked + 100).await;
     }

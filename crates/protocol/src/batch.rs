@@ -119,21 +119,17 @@ pub fn batch_body<K: Serialize>(requests: &[Request<K>]) -> Vec<u8> {
     serde_json::to_vec(requests).expect("a request always serializes")
 }
 
-/// The `x-request-id` header of a message holding requests with these ids, in order: a string
-/// for a version 1 message, an array of them for a batch.
-pub fn request_ids_header<'a>(
-    format: Format,
-    ids: impl IntoIterator<Item = &'a str>,
-) -> FieldTable {
-    let mut ids = ids.into_iter().map(|id| AMQPValue::LongString(id.into()));
-    let value = match format {
-        Format::Single => ids
-            .next()
-            .unwrap_or_else(|| AMQPValue::LongString("-".into())),
-        Format::Batch => AMQPValue::FieldArray(FieldArray::from(ids.collect::<Vec<_>>())),
-    };
+/// The `x-request-id` header of a batch whose requests have these ids, in order.
+pub fn request_ids_header<'a>(ids: impl IntoIterator<Item = &'a str>) -> FieldTable {
+    let ids: Vec<_> = ids
+        .into_iter()
+        .map(|id| AMQPValue::LongString(id.into()))
+        .collect();
     let mut headers = FieldTable::default();
-    headers.insert(REQUEST_ID_HEADER.into(), value);
+    headers.insert(
+        REQUEST_ID_HEADER.into(),
+        AMQPValue::FieldArray(FieldArray::from(ids)),
+    );
     headers
 }
 
@@ -270,9 +266,11 @@ mod tests {
 
     #[test]
     fn each_request_of_a_batch_keeps_its_id() {
-        let headers = request_ids_header(Format::Batch, ["r1", "r2"]);
+        let headers = request_ids_header(["r1", "r2"]);
         assert_eq!(request_ids(Some(&headers)), ["r1", "r2"]);
-        let single = request_ids_header(Format::Single, ["r"]);
+        // As a version 1 front-server sent it.
+        let mut single = FieldTable::default();
+        single.insert(REQUEST_ID_HEADER.into(), AMQPValue::LongString("r".into()));
         assert_eq!(request_ids(Some(&single)), ["r"]);
         assert!(request_ids(None).is_empty());
     }

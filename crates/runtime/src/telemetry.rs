@@ -79,16 +79,12 @@ pub fn install_metrics() -> &'static PrometheusHandle {
         let builder = PrometheusBuilder::new()
             .set_buckets(LATENCY_BUCKETS)
             .and_then(|builder| {
-                builder.set_buckets_for_metric(
-                    Matcher::Full("kv_batch_size".into()),
-                    BATCH_SIZE_BUCKETS,
-                )
-            })
-            .and_then(|builder| {
-                builder.set_buckets_for_metric(
-                    Matcher::Full("kv_requests_per_message".into()),
-                    BATCH_SIZE_BUCKETS,
-                )
+                ["kv_batch_size", "kv_requests_per_message"]
+                    .into_iter()
+                    .try_fold(builder, |builder, name| {
+                        builder
+                            .set_buckets_for_metric(Matcher::Full(name.into()), BATCH_SIZE_BUCKETS)
+                    })
             })
             .expect("the bucket lists are not empty");
         let recorder = builder.build_recorder();

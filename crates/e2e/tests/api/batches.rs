@@ -10,15 +10,20 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Consumer};
 
+/// The properties every request message has, with the AMQP `type` `kind` if given (a version 1
+/// message has none).
+fn properties_of(kind: Option<&str>) -> BasicProperties {
+    let properties = BasicProperties::default().with_content_type("application/json".into());
+    match kind {
+        Some(kind) => properties.with_type(kind.into()),
+        None => properties,
+    }
+}
+
 /// Publishes `body` on the request queue with the AMQP `type` `kind`, persistent and confirmed,
 /// as a front-server of that protocol version would publish a write.
 async fn publish_write(app: &TestApp, channel: &Channel, kind: Option<&str>, body: &[u8]) {
-    let mut properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2);
-    if let Some(kind) = kind {
-        properties = properties.with_type(kind.into());
-    }
+    let properties = properties_of(kind).with_delivery_mode(2);
     let confirm = channel
         .basic_publish(
             "".into(),
@@ -63,13 +68,9 @@ async fn ask(
     kind: Option<&str>,
     body: &[u8],
 ) -> (Option<ShortString>, Vec<u8>) {
-    let mut properties = BasicProperties::default()
-        .with_content_type("application/json".into())
+    let properties = properties_of(kind)
         .with_correlation_id("42".into())
         .with_reply_to(DIRECT_REPLY_TO.into());
-    if let Some(kind) = kind {
-        properties = properties.with_type(kind.into());
-    }
     channel
         .basic_publish(
             "".into(),

@@ -37,6 +37,8 @@ pub(super) struct Link {
 /// broken.
 pub(super) struct Session {
     pub(super) layout: Layout,
+    /// Each partition's request queue, by partition.
+    pub(super) queues: Arc<[ShortString]>,
     /// Where requests find the current link; `None` while there is none.
     pub(super) link: watch::Sender<Option<Arc<Link>>>,
     pub(super) replies: Arc<PendingReplies>,
@@ -74,10 +76,9 @@ impl kv_runtime::Session for Session {
         writes
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let queues: Arc<[ShortString]> = self.layout.queues().map(ShortString::from).collect();
         let publisher = publisher::spawn(
             writes.clone(),
-            queues.clone(),
+            self.queues.clone(),
             self.max_in_flight,
             connections.blocked(),
         );
@@ -97,7 +98,7 @@ impl kv_runtime::Session for Session {
             .await?;
         let reader = reads::spawn(
             reads.clone(),
-            queues,
+            self.queues.clone(),
             self.max_in_flight,
             self.deadline,
             self.replies.clone(),

@@ -99,7 +99,7 @@ pub struct Broker {
     broken: watch::Sender<u64>,
     layout: Layout,
     /// Each partition's request queue, by partition, named once.
-    queues: Vec<ShortString>,
+    queues: Arc<[ShortString]>,
     deadline: Duration,
     /// A permit per request in flight, so that what waits in this process is bounded: a flood
     /// while RabbitMQ cannot keep up (or refuses, in an alarm) waits here, then gets `503`.
@@ -127,8 +127,10 @@ impl Broker {
         // aborts the server): nobody could use its link any more.
         let shutdown = shutdown.child_token();
         let stop_supervisor = shutdown.clone().drop_guard();
+        let queues: Arc<[ShortString]> = layout.queues().map(ShortString::from).collect();
         let session = Session {
             layout: layout.clone(),
+            queues: queues.clone(),
             link: link_sender,
             replies: replies.clone(),
             broken: broken.subscribe(),
@@ -142,7 +144,7 @@ impl Broker {
             link,
             broken,
             _stop_supervisor: stop_supervisor,
-            queues: layout.queues().map(ShortString::from).collect(),
+            queues,
             layout,
             deadline,
             in_flight: Semaphore::new(max_in_flight),

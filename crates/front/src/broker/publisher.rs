@@ -5,7 +5,7 @@ use super::coalesce::{self, Partitioned};
 use super::{PERSISTENT, json_properties, message_id};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use kv_protocol::{BATCH_TYPE, Format, Key, Request, batch_body, request_ids_header};
+use kv_protocol::{BATCH_TYPE, Key, Request, batch_body, request_ids_header};
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{Channel, Confirmation};
@@ -133,9 +133,7 @@ async fn publish_writes(
                     let properties = properties
                         .clone()
                         .with_message_id(id.clone())
-                        .with_headers(request_ids_header(
-                            Format::Batch,
-                            batch.iter().map(|write| write.request_id.as_str()),
+                        .with_headers(request_ids_header(batch.iter().map(|write| write.request_id.as_str()),
                         ));
                     let published = writes
                         .basic_publish("".into(), queues[partition].clone(), mandatory, &body, properties)

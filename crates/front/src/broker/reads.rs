@@ -5,9 +5,7 @@
 use super::coalesce::{self, Partitioned};
 use super::replies::{Answer, PendingReplies};
 use super::{json_properties, message_id};
-use kv_protocol::{
-    BATCH_TYPE, DIRECT_REPLY_TO, Format, Key, Request, batch_body, request_ids_header,
-};
+use kv_protocol::{BATCH_TYPE, DIRECT_REPLY_TO, Key, Request, batch_body, request_ids_header};
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
@@ -76,10 +74,7 @@ async fn publish_reads(
                 .map(|read| Request::Get { key: &read.key })
                 .collect();
             let body = batch_body(&gets);
-            let headers = request_ids_header(
-                Format::Batch,
-                batch.iter().map(|read| read.request_id.as_str()),
-            );
+            let headers = request_ids_header(batch.iter().map(|read| read.request_id.as_str()));
             let (request_ids, answers): (Vec<_>, Vec<_>) = batch
                 .into_iter()
                 .map(|read| (read.request_id, read.answer))
