@@ -63,6 +63,15 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
 
+    /// Most messages of writes awaiting RabbitMQ's confirm, and of reads awaiting their reply,
+    /// per partition (1 to 64). Requests that arrive while their partition has that many out wait
+    /// and then go out together in one message: the lower, the fuller the messages under load
+    /// and the less RabbitMQ and the back-server spend per request; a request never waits when
+    /// its partition has a place free.
+    #[arg(long, env = "MESSAGES_IN_FLIGHT", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub messages_in_flight: u32,
+
     /// File of API tokens, one `<scope> <token>` per line (scope `read` or `write`; `#` starts a
     /// comment line). When set, `/api` requires `Authorization: Bearer <token>`: `read` tokens
     /// may GET, `write` tokens GET and POST. Re-read on SIGHUP. Unset: `/api` is open to anyone

@@ -68,6 +68,7 @@ impl Application {
             config.amqp.layout(),
             config.rpc_timeout(),
             config.max_in_flight as usize,
+            config.messages_in_flight as usize,
             broker_shutdown.clone(),
         );
         let broker = Arc::new(broker);

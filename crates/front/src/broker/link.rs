@@ -48,6 +48,8 @@ pub(super) struct Session {
     pub(super) generation: u64,
     /// Most writes and reads in flight at once (`MAX_IN_FLIGHT`).
     pub(super) max_in_flight: usize,
+    /// Most messages of writes, and of reads, out per partition (`MESSAGES_IN_FLIGHT`).
+    pub(super) messages_in_flight: usize,
     /// How long a read waits for its reply (`RPC_TIMEOUT_MS`).
     pub(super) deadline: Duration,
 }
@@ -80,6 +82,7 @@ impl kv_runtime::Session for Session {
             writes.clone(),
             self.queues.clone(),
             self.max_in_flight,
+            self.messages_in_flight,
             connections.blocked(),
         );
         let reads = connection.create_channel().await?;
@@ -100,6 +103,7 @@ impl kv_runtime::Session for Session {
             reads.clone(),
             self.queues.clone(),
             self.max_in_flight,
+            self.messages_in_flight,
             self.deadline,
             self.replies.clone(),
         );

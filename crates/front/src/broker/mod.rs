@@ -3,9 +3,9 @@
 //!
 //! - `link`: the connection's two channels, kept by `kv_runtime`'s supervisor. While there are
 //!   none (broker down, reconnecting) every request is answered `503` at once instead of hanging.
-//! - `coalesce`: what goes into one message. Requests that find a publisher busy go out together
-//!   in its next message, one per partition (protocol version 2's batches); a lone request goes
-//!   out at once.
+//! - `coalesce`: what goes into one message, and when. Requests for a partition whose messages
+//!   are all out (`MESSAGES_IN_FLIGHT`) wait and go out together in its next message (protocol
+//!   version 2's batches); a lone request goes out at once.
 //! - `publisher`: writes go out on the confirm channel, published by one task per link in the
 //!   order they come. Each request awaits the confirm of the message that carries it, and
 //!   confirms of successive messages overlap instead of queueing.
@@ -118,6 +118,7 @@ impl Broker {
         layout: Layout,
         deadline: Duration,
         max_in_flight: usize,
+        messages_in_flight: usize,
         shutdown: CancellationToken,
     ) -> (Self, JoinHandle<Result<(), TopologyError>>) {
         let (link_sender, link) = watch::channel(None);
@@ -136,6 +137,7 @@ impl Broker {
             broken: broken.subscribe(),
             generation: 0,
             max_in_flight,
+            messages_in_flight,
             deadline,
         };
         let supervisor = Supervisor::new(nodes, "front", layout.base(), shutdown);

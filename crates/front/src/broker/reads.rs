@@ -1,8 +1,8 @@
 //! The read publisher: the one task per link that publishes reads on the read channel, the reads
-//! it finds ready together in one message per partition (see [`coalesce`]), each message
-//! registered with the replies it waits for.
+//! that wait together in one message per partition (see [`coalesce`](super::coalesce)), each
+//! message registered with the replies it waits for.
 
-use super::coalesce::{self, Partitioned};
+use super::coalesce::{Coalescer, Partitioned};
 use super::replies::{Answer, PendingReplies};
 use super::{json_properties, message_id};
 use kv_protocol::{BATCH_TYPE, DIRECT_REPLY_TO, Key, Request, batch_body, request_ids_header};
@@ -12,6 +12,7 @@ use lapin::{BasicProperties, Channel};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// A read for the read publisher, and where its answer goes.
 pub(super) struct Read {
@@ -29,13 +30,15 @@ impl Partitioned for Read {
 }
 
 /// Starts the read publisher of a link on `reads`, the channel that also consumes the replies
-/// (direct reply-to wants both on one channel), to the partitions' `queues`. It takes at most
-/// `capacity` reads at once and ends when the returned sender (the link) is dropped. A message's
-/// replies are awaited for `deadline`, the reads' own deadline, which is also its `expiration`.
+/// (direct reply-to wants both on one channel), to the partitions' `queues`, with at most
+/// `messages_in_flight` messages awaiting their reply per partition. It takes at most `capacity`
+/// reads at once and ends when the returned sender (the link) is dropped. A message's replies are
+/// awaited for `deadline`, the reads' own deadline, which is also its `expiration`.
 pub(super) fn spawn(
     reads: Channel,
     queues: Arc<[ShortString]>,
     capacity: usize,
+    messages_in_flight: usize,
     deadline: Duration,
     replies: Arc<PendingReplies>,
 ) -> mpsc::Sender<Read> {
@@ -44,25 +47,29 @@ pub(super) fn spawn(
         .with_type(BATCH_TYPE.into())
         .with_reply_to(DIRECT_REPLY_TO.into())
         .with_expiration(deadline.as_millis().to_string().into());
+    let coalescer = Coalescer::new(queues.len(), messages_in_flight);
     tokio::spawn(publish_reads(
-        reads, queues, requests, properties, deadline, replies,
+        reads, queues, requests, coalescer, properties, deadline, replies,
     ));
     publisher
 }
 
-/// Publishes every read of one link. Each publish is awaited until lapin has taken its frames;
-/// reads that arrive meanwhile go out together in the next message. Reads are transient and
-/// unconfirmed: one that is lost ends in its own `504`.
+/// Publishes every read of one link. Each publish is awaited until lapin has taken its frames.
+/// Reads that arrive while their partition's messages are out go out together in its next
+/// message, once one of them is answered; a message whose reply never comes holds its place until
+/// its reads have all given up. Reads are transient and unconfirmed: one that is lost ends in its
+/// own `504`.
 async fn publish_reads(
     reads: Channel,
     queues: Arc<[ShortString]>,
     mut requests: mpsc::Receiver<Read>,
+    mut coalescer: Coalescer<Read>,
     properties: BasicProperties,
     deadline: Duration,
     replies: Arc<PendingReplies>,
 ) {
-    while let Some(first) = requests.recv().await {
-        for (partition, mut batch) in coalesce::take_ready(first, &mut requests) {
+    loop {
+        while let Some((out, mut batch)) = coalescer.next_message() {
             // A read whose request has ended (deadline, client gone) needs no answer.
             batch.retain(|read| !read.answer.is_closed());
             if batch.is_empty() {
@@ -79,7 +86,8 @@ async fn publish_reads(
                 .into_iter()
                 .map(|read| (read.request_id, read.answer))
                 .unzip();
-            let correlation_id = replies.register(answers, deadline);
+            let queue = queues[out.partition()].clone();
+            let correlation_id = replies.register(answers, deadline, out);
             let properties = properties
                 .clone()
                 .with_message_id(message_id())
@@ -88,7 +96,7 @@ async fn publish_reads(
             let published = reads
                 .basic_publish(
                     "".into(),
-                    queues[partition].clone(),
+                    queue,
                     BasicPublishOptions::default(),
                     &body,
                     properties,
@@ -107,6 +115,16 @@ async fn publish_reads(
                 Ok(_) => {}
                 Err(err) => replies.fail(correlation_id, err),
             }
+        }
+        let given_up = replies.forget_given_up();
+        tokio::select! {
+            request = requests.recv() => match request {
+                Some(first) => coalescer.take(first, &mut requests),
+                None => break,
+            },
+            () = coalescer.place_freed() => {}
+            // The placeholder instant is never awaited: the branch is off without a message out.
+            () = tokio::time::sleep_until(given_up.unwrap_or_else(Instant::now)), if given_up.is_some() => {}
         }
     }
 }

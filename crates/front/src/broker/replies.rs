@@ -3,6 +3,7 @@
 //! each read its own answer. A reply that arrives after its reads gave up finds nobody and is
 //! dropped.
 
+use super::coalesce::Out;
 use kv_protocol::Reply;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -27,38 +28,52 @@ pub(super) struct PendingReplies {
     waiting: Mutex<BTreeMap<u64, Pending>>,
 }
 
+/// Past a message's deadline, how long it stays before it is forgotten. Its reads' own deadlines
+/// began before it went out, so they end first; but they end on the same timer tick, and a read
+/// whose answer is dropped just before its own timer fires would take it for a broken link.
+const FORGET_AFTER: Duration = Duration::from_secs(1);
+
 /// The reads of one message, in the order of the message, and when they will all have given up.
 struct Pending {
     answers: Vec<oneshot::Sender<Answer>>,
     given_up_at: Instant,
+    /// The message's place among its partition's messages out, given back with the entry.
+    _out: Out,
 }
 
 impl PendingReplies {
-    /// Registers the reads of a message, which give up after `deadline` at the latest; publish
-    /// it with the returned id as its correlation id. Forgets messages whose reads have all given
-    /// up, whose replies never came.
+    /// Registers the reads of a message, which give up after `deadline` at the latest, and its
+    /// place `out`; publish it with the returned id as its correlation id.
     pub(super) fn register(
         &self,
         answers: Vec<oneshot::Sender<Answer>>,
         deadline: Duration,
+        out: Out,
     ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let pending = Pending {
+            answers,
+            given_up_at: Instant::now() + deadline,
+            _out: out,
+        };
+        self.lock().insert(id, pending);
+        id
+    }
+
+    /// Forgets the messages whose reads have all given up, whose replies never came, a moment
+    /// after their deadline ([`FORGET_AFTER`]); returns when the next one is to be forgotten, if
+    /// any waits.
+    pub(super) fn forget_given_up(&self) -> Option<Instant> {
         let now = Instant::now();
         let mut waiting = self.lock();
-        while let Some(entry) = waiting.first_entry()
-            && entry.get().given_up_at <= now
-        {
+        while let Some(entry) = waiting.first_entry() {
+            let forget_at = entry.get().given_up_at + FORGET_AFTER;
+            if forget_at > now {
+                return Some(forget_at);
+            }
             entry.remove();
         }
-        let given_up_at = now + deadline;
-        waiting.insert(
-            id,
-            Pending {
-                answers,
-                given_up_at,
-            },
-        );
-        id
+        None
     }
 
     /// Hands each read of the message with `correlation_id` its reply, in order. A reply nobody
@@ -111,7 +126,9 @@ impl PendingReplies {
 
 #[cfg(test)]
 mod tests {
+    use super::super::coalesce::{Coalescer, Partitioned};
     use super::*;
+    use tokio::sync::mpsc;
 
     const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -122,7 +139,10 @@ mod tests {
     /// Registers a message of `n` reads; returns its id and what each read will be told.
     fn register(replies: &PendingReplies, n: usize) -> (u64, Vec<oneshot::Receiver<Answer>>) {
         let (answers, receivers) = (0..n).map(|_| oneshot::channel()).unzip();
-        (replies.register(answers, DEADLINE), receivers)
+        (
+            replies.register(answers, DEADLINE, Out::unheld()),
+            receivers,
+        )
     }
 
     async fn reply(receiver: oneshot::Receiver<Answer>) -> Reply {
@@ -178,11 +198,48 @@ mod tests {
     #[tokio::test]
     async fn messages_whose_reads_have_all_given_up_are_forgotten() {
         let replies = PendingReplies::default();
+        assert_eq!(replies.forget_given_up(), None);
         let (answer, _read) = oneshot::channel();
-        let old = replies.register(vec![answer], Duration::ZERO);
+        let old = replies.register(vec![answer], Duration::ZERO, Out::unheld());
+        let before = Instant::now();
         let (new, _reads) = register(&replies, 1);
+        assert!(replies.forget_given_up() < Some(before + FORGET_AFTER));
+
+        tokio::time::sleep(FORGET_AFTER).await;
+        let next = replies.forget_given_up().expect("a message waits");
+        assert!(
+            next >= before + DEADLINE,
+            "the next to forget is the new one"
+        );
         let waiting: Vec<u64> = replies.lock().keys().copied().collect();
         assert_eq!(waiting, [new], "{old} was forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_message_gives_its_place_back_once_answered_or_failed() {
+        let mut coalescer = Coalescer::new(1, 1);
+        let replies = PendingReplies::default();
+        let mut send = |deadline| {
+            let (_, mut incoming) = mpsc::channel(1);
+            coalescer.take(Partition0, &mut incoming);
+            let (out, _) = coalescer.next_message().expect("its place is free");
+            assert!(coalescer.next_message().is_none(), "its place is taken");
+            let (answer, _) = oneshot::channel();
+            replies.register(vec![answer], deadline, out)
+        };
+        let answered = send(DEADLINE);
+        replies.complete(&answered.to_string(), vec![found(1.0)]);
+        let failed = send(DEADLINE);
+        replies.fail(failed, lapin::ErrorKind::MissingHeartbeatError.into());
+        send(DEADLINE);
+    }
+
+    struct Partition0;
+
+    impl Partitioned for Partition0 {
+        fn partition(&self) -> usize {
+            0
+        }
     }
 
     #[tokio::test]
