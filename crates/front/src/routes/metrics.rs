@@ -7,15 +7,18 @@
 
 use super::AppState;
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
-use axum::http::Method;
-use axum::middleware::Next;
+use axum::extract::MatchedPath;
+use axum::http::{Method, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics::{Counter, Gauge, Histogram};
+use pin_project_lite::pin_project;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{LazyLock, RwLock};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
+use tower::{Layer, Service};
 
 const REQUESTS: &str = "kv_http_requests_total";
 const DURATION: &str = "kv_http_request_duration_seconds";
@@ -53,58 +56,117 @@ pub fn describe() {
     metrics::describe_gauge!(IN_FLIGHT, "HTTP requests being served right now");
 }
 
-/// Middleware: counts and times each request by its matched route, method and status.
-pub async fn track(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = method_label(request.method());
-    let in_flight = InFlight::enter();
-    let response = next.run(request).await;
-    drop(in_flight);
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let series = Series::of(route, method, response.status().as_u16());
-    series.requests.increment(1);
-    series.duration.record(started.elapsed().as_secs_f64());
-    response
+/// The layer that counts and times each request by its matched route, method and status. A
+/// plain tower layer, not `from_fn` middleware, which would clone the inner service and box a
+/// future on every request.
+#[derive(Clone, Copy, Default)]
+pub struct TrackLayer;
+
+impl<S> Layer<S> for TrackLayer {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Track<S> {
+        Track { inner }
+    }
+}
+
+/// The service of [`TrackLayer`].
+#[derive(Clone)]
+pub struct Track<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for Track<S>
+where
+    S: Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Tracked<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        Tracked {
+            started: Instant::now(),
+            route: request.extensions().get::<MatchedPath>().cloned(),
+            method: method_label(request.method()),
+            in_flight: InFlight::enter(),
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project! {
+    /// A request being served: counted in flight until dropped, counted and timed when answered.
+    pub struct Tracked<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        route: Option<MatchedPath>,
+        method: &'static str,
+        in_flight: InFlight,
+    }
+}
+
+impl<F, E> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answered = ready!(this.inner.poll(cx));
+        if let Ok(response) = &answered {
+            let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            let series = Series::of(route, this.method, response.status().as_u16());
+            series.requests.increment(1);
+            series.duration.record(this.started.elapsed().as_secs_f64());
+        }
+        Poll::Ready(answered)
+    }
 }
 
 /// The handles of one route, method and status's series. Looking a series up in the recorder
 /// (hashing its name and labels, then its map) is what `counter!` does on every call, and cost
-/// five times the rest of the middleware; so each is looked up once, on its first request.
-#[derive(Clone)]
+/// five times the rest of the middleware; so each is looked up once, on its first request, and
+/// kept for the life of the process (routes, methods and statuses are a small fixed set), so that
+/// requests share it without touching a reference count.
 struct Series {
     requests: Counter,
     duration: Histogram,
 }
 
-type Registered = HashMap<String, HashMap<(&'static str, u16), Series>>;
+type Registered = HashMap<String, HashMap<(&'static str, u16), &'static Series>>;
 
 impl Series {
-    fn of(route: &str, method: &'static str, status: u16) -> Series {
+    fn of(route: &str, method: &'static str, status: u16) -> &'static Series {
         static REGISTERED: LazyLock<RwLock<Registered>> = LazyLock::new(Default::default);
         let found = REGISTERED
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(route)
             .and_then(|by_status| by_status.get(&(method, status)))
-            .cloned();
+            .copied();
         found.unwrap_or_else(|| {
-            let labels = [
-                ("route", route.to_owned()),
-                ("method", method.to_owned()),
-                ("status", status.to_string()),
-            ];
-            let series = Series {
-                requests: metrics::counter!(REQUESTS, &labels),
-                duration: metrics::histogram!(DURATION, &labels),
-            };
-            REGISTERED
+            let mut registered = REGISTERED
                 .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .entry(route.to_owned())
-                .or_default()
-                .insert((method, status), series.clone());
-            series
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let by_status = registered.entry(route.to_owned()).or_default();
+            *by_status.entry((method, status)).or_insert_with(|| {
+                let labels = [
+                    ("route", route.to_owned()),
+                    ("method", method.to_owned()),
+                    ("status", status.to_string()),
+                ];
+                Box::leak(Box::new(Series {
+                    requests: metrics::counter!(REQUESTS, &labels),
+                    duration: metrics::histogram!(DURATION, &labels),
+                }))
+            })
         })
     }
 }
@@ -127,7 +189,7 @@ fn method_label(method: &Method) -> &'static str {
 
 /// Counts a request in flight until dropped, so that one whose client went away (hyper drops its
 /// future mid-way) is not counted forever.
-struct InFlight;
+pub struct InFlight;
 
 impl InFlight {
     fn gauge() -> &'static Gauge {

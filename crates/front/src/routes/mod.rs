@@ -71,7 +71,7 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         // Outermost, so it times and counts what the client gets, panics and rejections included.
         // Router::layer wraps each route, so the matched route is known to it.
-        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(metrics::TrackLayer)
         .with_state(state)
 }
 
