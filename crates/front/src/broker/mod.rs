@@ -7,8 +7,8 @@
 //!   are all out (`MESSAGES_IN_FLIGHT`) wait and go out together in its next message (protocol
 //!   version 2's batches); a lone request goes out at once.
 //! - `publisher`: writes go out on the confirm channel, published by one task per link in the
-//!   order they come. Each request awaits the confirm of the message that carries it, and
-//!   confirms of successive messages overlap instead of queueing.
+//!   order they come. Each request awaits the confirm of the message that carries it; the
+//!   confirms of different partitions' messages overlap instead of queueing.
 //! - `reads` and `replies`: reads go out on the second channel, without confirms, published by
 //!   one task per link; the reply to each message comes back through direct reply-to, is matched
 //!   to the message by correlation id, and gives each read its own answer.
