@@ -12,7 +12,6 @@ use lapin::{BasicProperties, Channel};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 
 /// A read for the read publisher, and where its answer goes.
 pub(super) struct Read {
@@ -47,27 +46,32 @@ pub(super) fn spawn(
         .with_type(BATCH_TYPE.into())
         .with_reply_to(DIRECT_REPLY_TO.into())
         .with_expiration(deadline.as_millis().to_string().into());
-    let coalescer = Coalescer::new(queues.len(), messages_in_flight);
     tokio::spawn(publish_reads(
-        reads, queues, requests, coalescer, properties, deadline, replies,
+        reads,
+        queues,
+        requests,
+        messages_in_flight,
+        properties,
+        deadline,
+        replies,
     ));
     publisher
 }
 
 /// Publishes every read of one link. Each publish is awaited until lapin has taken its frames.
 /// Reads that arrive while their partition's messages are out go out together in its next
-/// message, once one of them is answered; a message whose reply never comes holds its place until
-/// its reads have all given up. Reads are transient and unconfirmed: one that is lost ends in its
-/// own `504`.
+/// message, once one of them is answered (or has been out for [`HOLD`](super::coalesce::HOLD)).
+/// Reads are transient and unconfirmed: one that is lost ends in its own `504`.
 async fn publish_reads(
     reads: Channel,
     queues: Arc<[ShortString]>,
     mut requests: mpsc::Receiver<Read>,
-    mut coalescer: Coalescer<Read>,
+    messages_in_flight: usize,
     properties: BasicProperties,
     deadline: Duration,
     replies: Arc<PendingReplies>,
 ) {
+    let mut coalescer: Coalescer<Read> = Coalescer::new(queues.len(), messages_in_flight);
     loop {
         while let Some((out, mut batch)) = coalescer.next_message() {
             // A read whose request has ended (deadline, client gone) needs no answer.
@@ -116,15 +120,12 @@ async fn publish_reads(
                 Err(err) => replies.fail(correlation_id, err),
             }
         }
-        let given_up = replies.forget_given_up();
         tokio::select! {
             request = requests.recv() => match request {
                 Some(first) => coalescer.take(first, &mut requests),
                 None => break,
             },
             () = coalescer.place_freed() => {}
-            // The placeholder instant is never awaited: the branch is off without a message out.
-            () = tokio::time::sleep_until(given_up.unwrap_or_else(Instant::now)), if given_up.is_some() => {}
         }
     }
 }

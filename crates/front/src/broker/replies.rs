@@ -43,7 +43,9 @@ struct Pending {
 
 impl PendingReplies {
     /// Registers the reads of a message, which give up after `deadline` at the latest, and its
-    /// place `out`; publish it with the returned id as its correlation id.
+    /// place `out`; publish it with the returned id as its correlation id. Forgets the messages
+    /// whose reads have all given up, whose replies never came, a moment after their deadline
+    /// ([`FORGET_AFTER`]).
     pub(super) fn register(
         &self,
         answers: Vec<oneshot::Sender<Answer>>,
@@ -51,29 +53,20 @@ impl PendingReplies {
         out: Out,
     ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let pending = Pending {
-            answers,
-            given_up_at: Instant::now() + deadline,
-            _out: out,
-        };
-        self.lock().insert(id, pending);
-        id
-    }
-
-    /// Forgets the messages whose reads have all given up, whose replies never came, a moment
-    /// after their deadline ([`FORGET_AFTER`]); returns when the next one is to be forgotten, if
-    /// any waits.
-    pub(super) fn forget_given_up(&self) -> Option<Instant> {
         let now = Instant::now();
         let mut waiting = self.lock();
-        while let Some(entry) = waiting.first_entry() {
-            let forget_at = entry.get().given_up_at + FORGET_AFTER;
-            if forget_at > now {
-                return Some(forget_at);
-            }
+        while let Some(entry) = waiting.first_entry()
+            && entry.get().given_up_at + FORGET_AFTER <= now
+        {
             entry.remove();
         }
-        None
+        let pending = Pending {
+            answers,
+            given_up_at: now + deadline,
+            _out: out,
+        };
+        waiting.insert(id, pending);
+        id
     }
 
     /// Hands each read of the message with `correlation_id` its reply, in order. A reply nobody
@@ -198,21 +191,19 @@ mod tests {
     #[tokio::test]
     async fn messages_whose_reads_have_all_given_up_are_forgotten() {
         let replies = PendingReplies::default();
-        assert_eq!(replies.forget_given_up(), None);
         let (answer, _read) = oneshot::channel();
         let old = replies.register(vec![answer], Duration::ZERO, Out::unheld());
-        let before = Instant::now();
-        let (new, _reads) = register(&replies, 1);
-        assert!(replies.forget_given_up() < Some(before + FORGET_AFTER));
+        let (kept, _reads) = register(&replies, 1);
+        assert_eq!(
+            replies.lock().len(),
+            2,
+            "not forgotten on its deadline's tick"
+        );
 
         tokio::time::sleep(FORGET_AFTER).await;
-        let next = replies.forget_given_up().expect("a message waits");
-        assert!(
-            next >= before + DEADLINE,
-            "the next to forget is the new one"
-        );
+        let (new, _reads) = register(&replies, 1);
         let waiting: Vec<u64> = replies.lock().keys().copied().collect();
-        assert_eq!(waiting, [new], "{old} was forgotten");
+        assert_eq!(waiting, [kept, new], "{old} was forgotten");
     }
 
     #[tokio::test]
