@@ -13,9 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics::{Counter, Gauge, Histogram};
 use pin_project_lite::pin_project;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{LazyLock, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 use tower::{Layer, Service};
@@ -39,6 +41,7 @@ pub fn router() -> Router<AppState> {
         content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
 )]
 pub(super) async fn metrics() -> impl IntoResponse {
+    InFlight::publish();
     kv_runtime::render_metrics().await
 }
 
@@ -76,11 +79,11 @@ pub struct Track<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for Track<S>
+impl<S, B, ResBody> Service<Request<B>> for Track<S>
 where
-    S: Service<Request<B>, Response = Response>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
 {
-    type Response = Response;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = Tracked<S::Future>;
 
@@ -111,9 +114,9 @@ pin_project! {
     }
 }
 
-impl<F, E> Future for Tracked<F>
+impl<F, B, E> Future for Tracked<F>
 where
-    F: Future<Output = Result<Response, E>>,
+    F: Future<Output = Result<Response<B>, E>>,
 {
     type Output = F::Output;
 
@@ -142,31 +145,59 @@ struct Series {
 
 type Registered = HashMap<String, HashMap<(&'static str, u16), &'static Series>>;
 
+/// A series as a worker thread knows it.
+struct Known {
+    route: Box<str>,
+    method: &'static str,
+    status: u16,
+    series: &'static Series,
+}
+
+thread_local! {
+    /// The series this thread has served, in front of the process's map: a short scan costs less
+    /// than the map's lock, whose shared count both cores would write on every request.
+    static KNOWN: RefCell<Vec<Known>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Series {
     fn of(route: &str, method: &'static str, status: u16) -> &'static Series {
-        static REGISTERED: LazyLock<RwLock<Registered>> = LazyLock::new(Default::default);
-        let found = REGISTERED
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(route)
-            .and_then(|by_status| by_status.get(&(method, status)))
-            .copied();
-        found.unwrap_or_else(|| {
-            let mut registered = REGISTERED
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let by_status = registered.entry(route.to_owned()).or_default();
-            *by_status.entry((method, status)).or_insert_with(|| {
-                let labels = [
-                    ("route", route.to_owned()),
-                    ("method", method.to_owned()),
-                    ("status", status.to_string()),
-                ];
-                Box::leak(Box::new(Series {
-                    requests: metrics::counter!(REQUESTS, &labels),
-                    duration: metrics::histogram!(DURATION, &labels),
-                }))
-            })
+        KNOWN.with_borrow_mut(|known| {
+            let found = known.iter().find(|known| {
+                known.status == status && known.method == method && *known.route == *route
+            });
+            match found {
+                Some(known) => known.series,
+                None => {
+                    let series = Self::registered(route, method, status);
+                    known.push(Known {
+                        route: route.into(),
+                        method,
+                        status,
+                        series,
+                    });
+                    series
+                }
+            }
+        })
+    }
+
+    /// The process's one handle for the series, made on its first request in any thread.
+    fn registered(route: &str, method: &'static str, status: u16) -> &'static Series {
+        static REGISTERED: LazyLock<Mutex<Registered>> = LazyLock::new(Default::default);
+        let mut registered = REGISTERED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let by_status = registered.entry(route.to_owned()).or_default();
+        by_status.entry((method, status)).or_insert_with(|| {
+            let labels = [
+                ("route", route.to_owned()),
+                ("method", method.to_owned()),
+                ("status", status.to_string()),
+            ];
+            Box::leak(Box::new(Series {
+                requests: metrics::counter!(REQUESTS, &labels),
+                duration: metrics::histogram!(DURATION, &labels),
+            }))
         })
     }
 }
@@ -188,23 +219,28 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// Counts a request in flight until dropped, so that one whose client went away (hyper drops its
-/// future mid-way) is not counted forever.
+/// future mid-way) is not counted forever. The count is one atomic, copied into its gauge when
+/// `/metrics` is scraped: the gauge's own update is a compare-and-swap loop plus a second atomic,
+/// twice per request.
 pub struct InFlight;
 
+static IN_FLIGHT_NOW: AtomicI64 = AtomicI64::new(0);
+
 impl InFlight {
-    fn gauge() -> &'static Gauge {
-        static GAUGE: LazyLock<Gauge> = LazyLock::new(|| metrics::gauge!(IN_FLIGHT));
-        &GAUGE
+    fn enter() -> Self {
+        IN_FLIGHT_NOW.fetch_add(1, Ordering::Relaxed);
+        Self
     }
 
-    fn enter() -> Self {
-        Self::gauge().increment(1.0);
-        Self
+    /// Sets the gauge to the requests in flight now.
+    fn publish() {
+        static GAUGE: LazyLock<Gauge> = LazyLock::new(|| metrics::gauge!(IN_FLIGHT));
+        GAUGE.set(IN_FLIGHT_NOW.load(Ordering::Relaxed) as f64);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        Self::gauge().decrement(1.0);
+        IN_FLIGHT_NOW.fetch_sub(1, Ordering::Relaxed);
     }
 }

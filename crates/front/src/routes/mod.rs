@@ -12,16 +12,16 @@ use crate::error::ApiError;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderValue;
 use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use std::any::Any;
 use std::sync::Arc;
 use tower::ServiceBuilder;
-use tower::util::option_layer;
 use tower_http::LatencyUnit;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
-    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::{Level, Span};
@@ -45,33 +45,42 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .fallback(fallback::not_found)
         .method_not_allowed_fallback(fallback::method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.body_limit))
-        .layer(CatchPanicLayer::custom(panic_response))
-        // One line per request, when it is answered. ApiError logs our failures once, with their
-        // cause; the trace layer need not repeat them. Only when the log filter lets its span or
-        // its line through: otherwise it would only cost every request a microsecond.
-        .layer(option_layer(traced().then(|| {
+        // One `layer` call: axum boxes each route again for every call, and clones every one of
+        // those boxes on every request.
+        .layer(
             ServiceBuilder::new()
-                .map_response(IntoResponse::into_response)
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_request(())
-                        .on_response(
-                            DefaultOnResponse::new()
-                                .level(Level::INFO)
-                                .latency_unit(LatencyUnit::Micros),
+                // Outermost, so it times and counts what the client gets, panics and rejections
+                // included. Router::layer wraps each route, so the matched route is known to it.
+                .layer(metrics::TrackLayer)
+                // A client's own `x-request-id` is kept (it may trace the request across
+                // services); otherwise a UUID is made. Either way it is in the answer, the logs and
+                // the AMQP message.
+                .layer(SetRequestIdLayer::x_request_id(NewUuid))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                // One line per request, when it is answered. ApiError logs our failures once, with
+                // their cause; the trace layer need not repeat them. Only when the log filter lets
+                // its span or its line through: otherwise it would only cost every request a
+                // microsecond.
+                .option_layer(traced().then(|| {
+                    ServiceBuilder::new()
+                        .map_response(IntoResponse::into_response)
+                        .layer(
+                            TraceLayer::new_for_http()
+                                .make_span_with(request_span)
+                                .on_request(())
+                                .on_response(
+                                    DefaultOnResponse::new()
+                                        .level(Level::INFO)
+                                        .latency_unit(LatencyUnit::Micros),
+                                )
+                                .on_failure(()),
                         )
-                        .on_failure(()),
-                )
-        })))
-        // A client's own `x-request-id` is kept (it may trace the request across services);
-        // otherwise a UUID is made. Either way it is in the answer, the logs and the AMQP message.
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        // Outermost, so it times and counts what the client gets, panics and rejections included.
-        // Router::layer wraps each route, so the matched route is known to it.
-        .layer(metrics::TrackLayer)
+                }))
+                // So that the trace layer's branch and the one without it answer the same type.
+                .map_response(IntoResponse::into_response)
+                .layer(CatchPanicLayer::custom(panic_response))
+                .layer(DefaultBodyLimit::max(state.body_limit)),
+        )
         .with_state(state)
 }
 
@@ -91,6 +100,20 @@ fn request_span(request: &Request<Body>) -> Span {
         method = %request.method(),
         path = %request.uri().path(),
     )
+}
+
+/// Makes a request's id: a new UUID, written straight into the header value, without the
+/// `String` that tower-http's `MakeRequestUuid` formats it into first.
+#[derive(Clone, Copy)]
+struct NewUuid;
+
+impl MakeRequestId for NewUuid {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        let id = HeaderValue::from_str(text).expect("a UUID is a valid header value");
+        Some(RequestId::new(id))
+    }
 }
 
 /// A request's id as text; `-` if it has none or it is not printable.
