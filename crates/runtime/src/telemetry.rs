@@ -61,9 +61,10 @@ const BATCH_SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 65535.0,
 ];
 
-/// How often histograms are folded into their buckets. Without it, samples recorded between two
-/// scrapes pile up in memory (and with no scraper at all, forever).
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often histograms are folded into their buckets. The recorder keeps every sample until then
+/// (16 bytes each): without it, samples recorded between two scrapes pile up in memory (and with
+/// no scraper at all, forever); every 5 s, they were 11 MB at 140,000 requests a second.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Installs the process's Prometheus recorder on the first call and returns its handle; later
 /// calls return the same handle. A server calls it in `build`, before it records anything: the
