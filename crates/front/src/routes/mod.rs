@@ -147,6 +147,20 @@ mod tests {
     use axum::routing::get;
     use tower::ServiceExt;
 
+    #[test]
+    fn a_made_request_id_is_a_new_lower_case_version_4_uuid() {
+        let request = Request::new(());
+        let made = || {
+            let id = NewUuid.make_request_id(&request).expect("an id");
+            id.header_value().to_str().unwrap().to_owned()
+        };
+        let (first, second) = (made(), made());
+        let parsed = uuid::Uuid::parse_str(&first).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_eq!(first, parsed.hyphenated().to_string());
+        assert_ne!(first, second);
+    }
+
     #[tokio::test]
     async fn a_panicking_handler_gets_a_json_500_without_details() {
         async fn buggy() -> &'static str {
