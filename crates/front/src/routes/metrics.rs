@@ -14,10 +14,9 @@ use axum::routing::get;
 use metrics::{Counter, Gauge, Histogram};
 use pin_project_lite::pin_project;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{LazyLock, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 use tower::{Layer, Service};
@@ -135,15 +134,14 @@ where
 
 /// The handles of one route, method and status's series. Looking a series up in the recorder
 /// (hashing its name and labels, then its map) is what `counter!` does on every call, and cost
-/// five times the rest of the middleware; so each is looked up once, on its first request, and
-/// kept for the life of the process (routes, methods and statuses are a small fixed set), so that
-/// requests share it without touching a reference count.
+/// five times the rest of the middleware; so each worker thread looks each series up once, on
+/// its first request there, and keeps the handles for the life of the process (threads, routes,
+/// methods and statuses are small fixed sets). The recorder hands every thread the same
+/// underlying counter and histogram.
 struct Series {
     requests: Counter,
     duration: Histogram,
 }
-
-type Registered = HashMap<String, HashMap<(&'static str, u16), &'static Series>>;
 
 /// A series as a worker thread knows it.
 struct Known {
@@ -154,8 +152,8 @@ struct Known {
 }
 
 thread_local! {
-    /// The series this thread has served, in front of the process's map: a short scan costs less
-    /// than the map's lock, whose shared count both cores would write on every request.
+    /// The series this thread has served. Per thread, so that requests share no lock or
+    /// reference count that both cores would write on every request.
     static KNOWN: RefCell<Vec<Known>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -168,7 +166,7 @@ impl Series {
             match found {
                 Some(known) => known.series,
                 None => {
-                    let series = Self::registered(route, method, status);
+                    let series = Self::look_up(route, method, status);
                     known.push(Known {
                         route: route.into(),
                         method,
@@ -181,24 +179,17 @@ impl Series {
         })
     }
 
-    /// The process's one handle for the series, made on its first request in any thread.
-    fn registered(route: &str, method: &'static str, status: u16) -> &'static Series {
-        static REGISTERED: LazyLock<Mutex<Registered>> = LazyLock::new(Default::default);
-        let mut registered = REGISTERED
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let by_status = registered.entry(route.to_owned()).or_default();
-        by_status.entry((method, status)).or_insert_with(|| {
-            let labels = [
-                ("route", route.to_owned()),
-                ("method", method.to_owned()),
-                ("status", status.to_string()),
-            ];
-            Box::leak(Box::new(Series {
-                requests: metrics::counter!(REQUESTS, &labels),
-                duration: metrics::histogram!(DURATION, &labels),
-            }))
-        })
+    /// The series' handles, from the recorder.
+    fn look_up(route: &str, method: &'static str, status: u16) -> &'static Series {
+        let labels = [
+            ("route", route.to_owned()),
+            ("method", method.to_owned()),
+            ("status", status.to_string()),
+        ];
+        Box::leak(Box::new(Series {
+            requests: metrics::counter!(REQUESTS, &labels),
+            duration: metrics::histogram!(DURATION, &labels),
+        }))
     }
 }
 
