@@ -16,11 +16,11 @@
 //! A batch is one message for everything else too: one `message_id`, one confirm, one ack, one
 //! dead letter. A batch that cannot be read whole (bad JSON, one invalid entry, too many) is
 //! dead-lettered whole: applying the entries around a bad one would break the order the writer
-//! saw. The `x-request-id` header of a batch is an array with each request's id, in order.
+//! saw. The `x-request-id` header of a batch holds each request's id, in order
+//! ([`request_ids_header`](crate::request_ids_header)).
 
 use crate::message::{Reply, Request};
-use crate::topology::REQUEST_ID_HEADER;
-use lapin::types::{AMQPValue, FieldArray, FieldTable, ShortString};
+use lapin::types::ShortString;
 use serde::Serialize;
 
 /// The AMQP `type` of a version 2 message: a batch of requests, or the replies to its reads.
@@ -117,37 +117,6 @@ impl Format {
 pub fn batch_body<K: Serialize>(requests: &[Request<K>]) -> Vec<u8> {
     debug_assert!((1..=MAX_BATCH).contains(&requests.len()));
     serde_json::to_vec(requests).expect("a request always serializes")
-}
-
-/// The `x-request-id` header of a batch whose requests have these ids, in order.
-pub fn request_ids_header<'a>(ids: impl IntoIterator<Item = &'a str>) -> FieldTable {
-    let ids: Vec<_> = ids
-        .into_iter()
-        .map(|id| AMQPValue::LongString(id.into()))
-        .collect();
-    let mut headers = FieldTable::default();
-    headers.insert(
-        REQUEST_ID_HEADER.into(),
-        AMQPValue::FieldArray(FieldArray::from(ids)),
-    );
-    headers
-}
-
-/// The request ids of a message's requests, in order, from its `headers`: one for a version 1
-/// message, one per request for a batch, none if it has no such header.
-pub fn request_ids(headers: Option<&FieldTable>) -> Vec<String> {
-    match headers.and_then(|headers| headers.inner().get(REQUEST_ID_HEADER)) {
-        Some(AMQPValue::LongString(id)) => vec![id.to_string()],
-        Some(AMQPValue::FieldArray(ids)) => ids
-            .as_slice()
-            .iter()
-            .map(|id| match id {
-                AMQPValue::LongString(id) => id.to_string(),
-                _ => "-".to_owned(),
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
 }
 
 #[cfg(test)]
@@ -262,16 +231,5 @@ mod tests {
                 .unwrap(),
             [Reply::Found { value: 2.0 }]
         );
-    }
-
-    #[test]
-    fn each_request_of_a_batch_keeps_its_id() {
-        let headers = request_ids_header(["r1", "r2"]);
-        assert_eq!(request_ids(Some(&headers)), ["r1", "r2"]);
-        // As a version 1 front-server sent it.
-        let mut single = FieldTable::default();
-        single.insert(REQUEST_ID_HEADER.into(), AMQPValue::LongString("r".into()));
-        assert_eq!(request_ids(Some(&single)), ["r"]);
-        assert!(request_ids(None).is_empty());
     }
 }

@@ -72,13 +72,13 @@
 mod batch;
 mod layout;
 mod message;
+mod request_id;
 mod topology;
 
-pub use batch::{
-    BATCH_TYPE, Format, MAX_BATCH, WireError, batch_body, request_ids, request_ids_header,
-};
+pub use batch::{BATCH_TYPE, Format, MAX_BATCH, WireError, batch_body};
 pub use layout::{Layout, QueueType, partition_of};
 pub use message::{Key, KeyError, MAX_KEY_BYTES, Reply, Request};
+pub use request_id::{RequestId, request_ids, request_ids_header};
 pub use topology::{
     DEAD_REASON_HEADER, DIRECT_REPLY_TO, REQUEST_ID_HEADER, TopologyError, dead_letter_queue,
     declare_topology, existing_partitions,

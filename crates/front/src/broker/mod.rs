@@ -23,7 +23,7 @@ mod replies;
 
 pub use error::BrokerError;
 
-use kv_protocol::{Key, Layout, Reply, TopologyError};
+use kv_protocol::{Key, Layout, Reply, RequestId, TopologyError};
 use kv_runtime::{Nodes, Supervisor};
 use lapin::BasicProperties;
 use lapin::types::ShortString;
@@ -221,7 +221,7 @@ impl Broker {
             partition,
             key,
             value,
-            request_id: request_id.to_owned(),
+            request_id: RequestId::new(request_id),
             done,
         };
         let call = async {
@@ -275,7 +275,7 @@ impl Broker {
         let read = Read {
             partition: self.partition_of(key),
             key: key.clone(),
-            request_id: request_id.to_owned(),
+            request_id: RequestId::new(request_id),
             answer,
         };
         let call = async {

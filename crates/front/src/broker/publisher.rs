@@ -5,7 +5,7 @@ use super::coalesce::{Coalescer, Partitioned};
 use super::{PERSISTENT, json_properties, message_id};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use kv_protocol::{BATCH_TYPE, Key, Request, batch_body, request_ids_header};
+use kv_protocol::{BATCH_TYPE, Key, Request, RequestId, batch_body, request_ids_header};
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{Channel, Confirmation};
@@ -19,7 +19,7 @@ pub(super) struct Write {
     pub(super) partition: usize,
     pub(super) key: Key,
     pub(super) value: f64,
-    pub(super) request_id: String,
+    pub(super) request_id: RequestId,
     pub(super) done: oneshot::Sender<Result<Verdict, Unpublished>>,
 }
 
@@ -119,7 +119,7 @@ async fn publish_writes(
                 let waiting = !write.done.is_closed();
                 if !waiting {
                     tracing::debug!(
-                        request_id = write.request_id,
+                        request_id = %write.request_id,
                         "dropping a write whose request has ended"
                     );
                 }
@@ -149,7 +149,7 @@ async fn publish_writes(
                     .clone()
                     .with_message_id(id.clone())
                     .with_headers(request_ids_header(
-                        batch.iter().map(|write| write.request_id.as_str()),
+                        batch.iter().map(|write| &write.request_id),
                     ));
             let queue = queues[out.partition()].clone();
             let published = writes

@@ -5,7 +5,9 @@
 use super::coalesce::{Coalescer, Partitioned};
 use super::replies::{Answer, PendingReplies};
 use super::{json_properties, message_id};
-use kv_protocol::{BATCH_TYPE, DIRECT_REPLY_TO, Key, Request, batch_body, request_ids_header};
+use kv_protocol::{
+    BATCH_TYPE, DIRECT_REPLY_TO, Key, Request, RequestId, batch_body, request_ids_header,
+};
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
@@ -18,7 +20,7 @@ pub(super) struct Read {
     /// The partition of the key, whose queue the read goes to.
     pub(super) partition: usize,
     pub(super) key: Key,
-    pub(super) request_id: String,
+    pub(super) request_id: RequestId,
     pub(super) answer: oneshot::Sender<Answer>,
 }
 
@@ -85,7 +87,7 @@ async fn publish_reads(
                 .map(|read| Request::Get { key: &read.key })
                 .collect();
             let body = batch_body(&gets);
-            let headers = request_ids_header(batch.iter().map(|read| read.request_id.as_str()));
+            let headers = request_ids_header(batch.iter().map(|read| &read.request_id));
             let (request_ids, answers): (Vec<_>, Vec<_>) = batch
                 .into_iter()
                 .map(|read| (read.request_id, read.answer))
