@@ -11,7 +11,7 @@ use kv_bench::load::{Run, Script, Wrk};
 use kv_bench::probe::{self, Limits};
 use kv_bench::system::{self, Settings};
 use kv_e2e::metrics::Scrape;
-use kv_e2e::queues::{delete_queues, ready_messages};
+use kv_e2e::queues::{delete_queues, delete_queues_now, ready_messages};
 use kv_e2e::server::{Memory, ServerProcess, memory_of};
 use kv_protocol::{Layout, QueueType};
 use std::path::{Path, PathBuf};
@@ -358,6 +358,8 @@ struct Instance {
     db_paths: Vec<PathBuf>,
     layout: Layout,
     amqp_url: String,
+    /// Whether [`Instance::stop`] deleted the queues; otherwise dropping the instance does.
+    queues_deleted: bool,
 }
 
 impl Instance {
@@ -432,6 +434,7 @@ impl Instance {
             logs: settings.logs,
             layout: settings.layout,
             amqp_url: settings.amqp_url,
+            queues_deleted: false,
         })
     }
 
@@ -482,21 +485,37 @@ impl Instance {
     async fn stop(mut self) -> anyhow::Result<u32> {
         self.front.stop(SERVER_PATIENCE).await?;
         self.back.stop(SERVER_PATIENCE).await?;
-        let queue = self.layout.queue(0);
-        let left = ready_messages(&self.amqp_url, &queue).await?;
-        let queues = [queue.clone(), kv_protocol::dead_letter_queue(&queue)];
-        delete_queues(&self.amqp_url, &queues).await?;
+        let left = ready_messages(&self.amqp_url, &self.layout.queue(0)).await?;
+        delete_queues(&self.amqp_url, &self.queues()).await?;
+        self.queues_deleted = true;
         Ok(left)
+    }
+
+    fn queues(&self) -> [String; 2] {
+        let queue = self.layout.queue(0);
+        let dead = kv_protocol::dead_letter_queue(&queue);
+        [queue, dead]
     }
 }
 
 impl Drop for Instance {
+    /// Saves the servers' logs; after a failed run, also stops the servers and deletes the
+    /// queues, which would otherwise be left on a broker others use.
     fn drop(&mut self) {
         for server in [&self.front, &self.back] {
             let path = self.logs.join(format!("{}.log", server.name()));
             if let Err(err) = std::fs::write(&path, server.log()) {
                 eprintln!("kv-bench: cannot save {}: {err}", path.display());
             }
+        }
+        if !self.queues_deleted {
+            // Killed first, so that neither declares the queues again.
+            for server in [&mut self.front, &mut self.back] {
+                if server.is_running() {
+                    server.signal("KILL");
+                }
+            }
+            delete_queues_now(&self.amqp_url, self.queues().into());
         }
     }
 }

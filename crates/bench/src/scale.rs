@@ -11,7 +11,7 @@ use crate::load::{Run, Script, Wrk};
 use crate::probe::{self, Limits};
 use crate::system::{self, Settings};
 use anyhow::Context;
-use kv_e2e::queues::{delete_queues, ready_messages};
+use kv_e2e::queues::{delete_queues, delete_queues_now, ready_messages};
 use kv_e2e::server::{ServerProcess, cpu_time_of};
 use kv_protocol::{Layout, QueueType, dead_letter_queue};
 use std::path::{Path, PathBuf};
@@ -234,6 +234,8 @@ struct Scaled {
     db_paths: Vec<PathBuf>,
     layout: Layout,
     amqp_url: String,
+    /// Whether [`Scaled::stop`] deleted the queues; otherwise dropping it does.
+    queues_deleted: bool,
 }
 
 impl Scaled {
@@ -266,6 +268,7 @@ impl Scaled {
             logs: settings.logs,
             layout: settings.layout,
             amqp_url: settings.amqp_url,
+            queues_deleted: false,
         };
         system::wait_until_serving(&url, system.layout.partitions()).await?;
         Ok(system)
@@ -319,24 +322,41 @@ impl Scaled {
         }
         let url = probe::first_node(&self.amqp_url);
         let mut left = 0;
-        let mut queues = Vec::new();
         for queue in self.layout.queues() {
             left += ready_messages(url, &queue).await?;
-            queues.push(dead_letter_queue(&queue));
-            queues.push(queue);
         }
-        delete_queues(url, &queues).await?;
+        delete_queues(url, &self.queues()).await?;
+        self.queues_deleted = true;
         Ok(left)
+    }
+
+    /// Every partition's request queue and dead-letter queue.
+    fn queues(&self) -> Vec<String> {
+        self.layout
+            .queues()
+            .flat_map(|queue| [dead_letter_queue(&queue), queue])
+            .collect()
     }
 }
 
 impl Drop for Scaled {
+    /// Saves the servers' logs; after a failed run, also stops the servers and deletes the
+    /// queues, which would otherwise be left on a broker others use.
     fn drop(&mut self) {
         for (i, server) in std::iter::once(&self.front).chain(&self.backs).enumerate() {
             let path = self.logs.join(format!("{}-{i}.log", server.name()));
             if let Err(err) = std::fs::write(&path, server.log()) {
                 eprintln!("kv-bench: cannot save {}: {err}", path.display());
             }
+        }
+        if !self.queues_deleted {
+            // Killed first, so that none declares the queues again.
+            for server in std::iter::once(&mut self.front).chain(&mut self.backs) {
+                if server.is_running() {
+                    server.signal("KILL");
+                }
+            }
+            delete_queues_now(probe::first_node(&self.amqp_url), self.queues());
         }
     }
 }
