@@ -452,13 +452,24 @@ pub fn db_values_at(path: &std::path::Path) -> std::collections::HashMap<String,
 /// Puts `body` on `queue` as a persistent message, as a hand-crafted or foreign sender would,
 /// and waits for RabbitMQ's ack. `channel` must be in confirm mode.
 pub async fn publish_raw_to(channel: &lapin::Channel, queue: &str, body: &[u8]) {
+    publish_persistent_to(channel, queue, lapin::BasicProperties::default(), body).await
+}
+
+/// Puts `body` on `queue` with `properties`, made persistent, as a front-server publishes a
+/// write, and waits for RabbitMQ's ack. `channel` must be in confirm mode.
+pub async fn publish_persistent_to(
+    channel: &lapin::Channel,
+    queue: &str,
+    properties: lapin::BasicProperties,
+    body: &[u8],
+) {
     let confirm = channel
         .basic_publish(
             "".into(),
             queue.into(),
             lapin::options::BasicPublishOptions::default(),
             body,
-            lapin::BasicProperties::default().with_delivery_mode(2),
+            properties.with_delivery_mode(2),
         )
         .await
         .unwrap()

@@ -4,7 +4,10 @@
 //! cannot be read whole is dead-lettered whole.
 
 use futures_util::StreamExt;
-use kv_e2e::app::{Options, PATIENCE, TestApp, json, spawn_app, spawn_app_with, take_messages};
+use kv_e2e::app::{
+    Options, PATIENCE, TestApp, json, publish_persistent_to, spawn_app, spawn_app_with,
+    take_messages,
+};
 use kv_protocol::{BATCH_TYPE, DEAD_REASON_HEADER, DIRECT_REPLY_TO, Format, Reply};
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -23,20 +26,7 @@ fn properties_of(kind: Option<&str>) -> BasicProperties {
 /// Publishes `body` on the request queue with the AMQP `type` `kind`, persistent and confirmed,
 /// as a front-server of that protocol version would publish a write.
 async fn publish_write(app: &TestApp, channel: &Channel, kind: Option<&str>, body: &[u8]) {
-    let properties = properties_of(kind).with_delivery_mode(2);
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            app.queue.as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    publish_persistent_to(channel, &app.queue, properties_of(kind), body).await
 }
 
 /// A channel that sends reads and takes their replies through direct reply-to, as a

@@ -1,9 +1,8 @@
 //! Logs: each HTTP request logged once, when answered, with its method, path, status, latency
 //! and id; the same id in the back-server's lines about the message; JSON with `LOG_FORMAT=json`.
 
-use kv_e2e::app::{Options, TestApp, spawn_app_with};
+use kv_e2e::app::{Options, TestApp, publish_persistent_to, spawn_app_with};
 use kv_protocol::{BATCH_TYPE, REQUEST_ID_HEADER, RequestId, request_ids_header};
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
@@ -140,25 +139,12 @@ async fn publish(
 ) {
     let properties = BasicProperties::default()
         .with_content_type("application/json".into())
-        .with_delivery_mode(2)
         .with_headers(headers);
     let properties = match kind {
         Some(kind) => properties.with_type(kind.into()),
         None => properties,
     };
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            app.queue.as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    publish_persistent_to(channel, &app.queue, properties, body).await
 }
 
 fn id_of(response: &reqwest::Response) -> String {
