@@ -2,6 +2,7 @@
 //! invalid ([`NewPair`], [`Key`]), and their handlers.
 
 use super::AppState;
+use super::request_id::RequestIdOf;
 use crate::broker::BrokerError;
 use crate::error::{ApiError, Failure};
 use axum::body::Bytes;
@@ -9,13 +10,12 @@ use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use kv_protocol::Key;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::fmt;
-use tower_http::request_id::RequestId;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::{RefOr, schema::AdditionalProperties};
 
@@ -91,12 +91,11 @@ fn success<T>(data: T) -> Json<Success<T>> {
 )]
 async fn write(
     State(state): State<AppState>,
-    id: Option<Extension<RequestId>>,
+    id: RequestIdOf,
     NewPair { key, value }: NewPair,
 ) -> Result<Json<Success<String>>, ApiError> {
     let sentence = format!("Value {value} stored for key '{key}'");
-    let request_id = super::request_id(id.as_deref());
-    state.broker.write(key, value, request_id).await?;
+    state.broker.write(key, value, id.as_str()).await?;
     Ok(success(sentence))
 }
 
@@ -137,15 +136,11 @@ async fn write(
 )]
 async fn read(
     State(state): State<AppState>,
-    id: Option<Extension<RequestId>>,
+    id: RequestIdOf,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Success<f64>>, ApiError> {
     let key = parse_key_query(query.as_deref())?;
-    match state
-        .broker
-        .read(&key, super::request_id(id.as_deref()))
-        .await?
-    {
+    match state.broker.read(&key, id.as_str()).await? {
         Some(value) => Ok(success(value)),
         None => Err(ApiError::KeyNotFound(key)),
     }

@@ -6,13 +6,13 @@ mod examples;
 mod fallback;
 mod health;
 mod metrics;
+mod request_id;
 
 use crate::broker::Broker;
 use crate::error::ApiError;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderValue;
 use axum::http::Request;
 use axum::response::{IntoResponse, Response};
 use std::any::Any;
@@ -20,9 +20,6 @@ use std::sync::Arc;
 use tower::ServiceBuilder;
 use tower_http::LatencyUnit;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::{Level, Span};
 
@@ -55,8 +52,7 @@ pub fn router(state: AppState) -> Router {
                 // A client's own `x-request-id` is kept (it may trace the request across
                 // services); otherwise a UUID is made. Either way it is in the answer, the logs and
                 // the AMQP message.
-                .layer(SetRequestIdLayer::x_request_id(NewUuid))
-                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(request_id::RequestIdLayer)
                 // One line per request, when it is answered. ApiError logs our failures once, with
                 // their cause; the trace layer need not repeat them. Only when the log filter lets
                 // its span or its line through: otherwise it would only cost every request a
@@ -96,30 +92,10 @@ fn traced() -> bool {
 fn request_span(request: &Request<Body>) -> Span {
     tracing::info_span!(
         "request",
-        request_id = %request_id(request.extensions().get()),
+        request_id = %request_id::request_id(request.headers()),
         method = %request.method(),
         path = %request.uri().path(),
     )
-}
-
-/// Makes a request's id: a new UUID, written straight into the header value, without the
-/// `String` that tower-http's `MakeRequestUuid` formats it into first.
-#[derive(Clone, Copy)]
-struct NewUuid;
-
-impl MakeRequestId for NewUuid {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
-        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-        let id = HeaderValue::from_str(text).expect("a UUID is a valid header value");
-        Some(RequestId::new(id))
-    }
-}
-
-/// A request's id as text; `-` if it has none or it is not printable.
-fn request_id(id: Option<&RequestId>) -> &str {
-    id.and_then(|id| id.header_value().to_str().ok())
-        .unwrap_or("-")
 }
 
 /// Installs the process's metrics recorder (once) and describes the front's series.
@@ -146,20 +122,6 @@ mod tests {
     use axum::http::{Request, StatusCode};
     use axum::routing::get;
     use tower::ServiceExt;
-
-    #[test]
-    fn a_made_request_id_is_a_new_lower_case_version_4_uuid() {
-        let request = Request::new(());
-        let made = || {
-            let id = NewUuid.make_request_id(&request).expect("an id");
-            id.header_value().to_str().unwrap().to_owned()
-        };
-        let (first, second) = (made(), made());
-        let parsed = uuid::Uuid::parse_str(&first).unwrap();
-        assert_eq!(parsed.get_version_num(), 4);
-        assert_eq!(first, parsed.hyphenated().to_string());
-        assert_ne!(first, second);
-    }
 
     #[tokio::test]
     async fn a_panicking_handler_gets_a_json_500_without_details() {
