@@ -11,7 +11,7 @@ use kv_bench::load::{Run, Script, Wrk};
 use kv_bench::probe::{self, Limits};
 use kv_bench::system::{self, Settings};
 use kv_e2e::metrics::Scrape;
-use kv_e2e::queues::{delete_queues, delete_queues_now, ready_messages};
+use kv_e2e::queues::{delete_queues, ready_messages};
 use kv_e2e::server::{Memory, ServerProcess, memory_of};
 use kv_protocol::{Layout, QueueType};
 use std::path::{Path, PathBuf};
@@ -509,13 +509,8 @@ impl Drop for Instance {
             }
         }
         if !self.queues_deleted {
-            // Killed first, so that neither declares the queues again.
-            for server in [&mut self.front, &mut self.back] {
-                if server.is_running() {
-                    server.signal("KILL");
-                }
-            }
-            delete_queues_now(&self.amqp_url, self.queues().into());
+            let queues = self.queues().into();
+            system::abandon([&mut self.front, &mut self.back], &self.amqp_url, queues);
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::load::{Run, Script, Wrk};
 use crate::probe::{self, Limits};
 use crate::system::{self, Settings};
 use anyhow::Context;
-use kv_e2e::queues::{delete_queues, delete_queues_now, ready_messages};
+use kv_e2e::queues::{delete_queues, ready_messages};
 use kv_e2e::server::{ServerProcess, cpu_time_of};
 use kv_protocol::{Layout, QueueType, dead_letter_queue};
 use std::path::{Path, PathBuf};
@@ -350,13 +350,9 @@ impl Drop for Scaled {
             }
         }
         if !self.queues_deleted {
-            // Killed first, so that none declares the queues again.
-            for server in std::iter::once(&mut self.front).chain(&mut self.backs) {
-                if server.is_running() {
-                    server.signal("KILL");
-                }
-            }
-            delete_queues_now(probe::first_node(&self.amqp_url), self.queues());
+            let queues = self.queues();
+            let servers = std::iter::once(&mut self.front).chain(&mut self.backs);
+            system::abandon(servers, probe::first_node(&self.amqp_url), queues);
         }
     }
 }

@@ -4,6 +4,7 @@
 //! CPU time and memory.
 
 use anyhow::{Context, bail};
+use kv_e2e::queues::delete_queues_now;
 use kv_e2e::server::ServerProcess;
 use kv_protocol::Layout;
 use std::path::{Path, PathBuf};
@@ -97,6 +98,21 @@ pub fn start_front(settings: &Settings) -> anyhow::Result<(ServerProcess, String
     let listen = format!("127.0.0.1:{port}");
     let server = start("front-server", settings, &[("FRONT_LISTEN", &listen)]);
     Ok((server, format!("http://{listen}")))
+}
+
+/// Cleans up after a run that did not stop its servers: kills them, so that none declares its
+/// queues again, then deletes `queues`, which would otherwise be left on a broker others use.
+pub fn abandon<'a>(
+    servers: impl IntoIterator<Item = &'a mut ServerProcess>,
+    amqp_url: &str,
+    queues: Vec<String>,
+) {
+    for server in servers {
+        if server.is_running() {
+            server.signal("KILL");
+        }
+    }
+    delete_queues_now(amqp_url, queues);
 }
 
 /// Waits until a read goes all the way through to every partition: the front answers a GET of a

@@ -18,32 +18,33 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tower::{Layer, Service};
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A request's id as text: `-` if it is not printable ASCII (the client's choice), so that logs
 /// and messages never carry bytes that could forge a line.
 pub fn request_id(headers: &HeaderMap) -> &str {
-    headers
-        .get(X_REQUEST_ID)
-        .and_then(|id| id.to_str().ok())
-        .unwrap_or("-")
+    as_text(headers.get(X_REQUEST_ID))
+}
+
+fn as_text(id: Option<&HeaderValue>) -> &str {
+    id.and_then(|id| id.to_str().ok()).unwrap_or("-")
 }
 
 /// A new lower-case version 4 UUID. Its bytes are shared by reference count, so that the copy
 /// in the answer costs no allocation (a `HeaderValue` from a `String` allocates again when
 /// first cloned).
-pub fn new_id() -> HeaderValue {
+fn new_id() -> HeaderValue {
     let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
     uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
     HeaderValue::from_maybe_shared(Bytes::from_owner(text)).expect("a UUID is a valid header value")
 }
 
 /// The id of the request a handler serves, as [`request_id`] gives it.
-pub struct RequestIdOf(HeaderValue);
+pub struct RequestIdOf(Option<HeaderValue>);
 
 impl RequestIdOf {
     pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("-")
+        as_text(self.0.as_ref())
     }
 }
 
@@ -51,8 +52,7 @@ impl<S: Sync> FromRequestParts<S> for RequestIdOf {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        let id = parts.headers.get(X_REQUEST_ID).cloned();
-        Ok(Self(id.unwrap_or(HeaderValue::from_static("-"))))
+        Ok(Self(parts.headers.get(X_REQUEST_ID).cloned()))
     }
 }
 
