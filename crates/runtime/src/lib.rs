@@ -18,4 +18,5 @@ pub use settings::{AmqpSettings, DEFAULT_AMQP_URL, DEFAULT_QUEUE_TYPE, parse_wit
 pub use signal::shutdown_signal;
 pub use telemetry::{
     LATENCY_BUCKETS, LogFormat, LogSettings, init_tracing, install_metrics, render_metrics,
+    render_metrics_with,
 };

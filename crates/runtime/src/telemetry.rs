@@ -112,8 +112,16 @@ pub fn install_metrics() -> &'static PrometheusHandle {
 
 /// `GET /metrics`: every series of this process in Prometheus's text format.
 pub async fn render_metrics() -> impl IntoResponse {
+    render_metrics_with(|_| ())
+}
+
+/// [`render_metrics`]' answer, followed by what `more` writes: series a server keeps outside the
+/// recorder, in the same format.
+pub fn render_metrics_with(more: impl FnOnce(&mut String)) -> impl IntoResponse {
+    let mut text = install_metrics().render();
+    more(&mut text);
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        install_metrics().render(),
+        text,
     )
 }
