@@ -212,7 +212,12 @@ impl Broker {
 
     /// Publishes a durable write and returns once RabbitMQ has confirmed it.
     /// `request_id` travels in the message's headers, for the back-server's logs.
-    pub async fn write(&self, key: Key, value: f64, request_id: &str) -> Result<(), BrokerError> {
+    pub async fn write(
+        &self,
+        key: Key,
+        value: f64,
+        request_id: RequestId,
+    ) -> Result<(), BrokerError> {
         let (_permit, link, left) = self.admit().await?;
         let generation = link.generation;
         let (done, verdict) = oneshot::channel();
@@ -221,7 +226,7 @@ impl Broker {
             partition,
             key,
             value,
-            request_id: RequestId::new(request_id),
+            request_id,
             done,
         };
         let call = async {
@@ -269,13 +274,13 @@ impl Broker {
     }
 
     /// Asks the back-server for the value under `key` and waits for its reply until the deadline.
-    pub async fn read(&self, key: &Key, request_id: &str) -> Result<Option<f64>, BrokerError> {
+    pub async fn read(&self, key: &Key, request_id: RequestId) -> Result<Option<f64>, BrokerError> {
         let (_permit, link, left) = self.admit().await?;
         let (answer, reply) = oneshot::channel();
         let read = Read {
             partition: self.partition_of(key),
             key: key.clone(),
-            request_id: RequestId::new(request_id),
+            request_id,
             answer,
         };
         let call = async {

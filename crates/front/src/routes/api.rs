@@ -91,11 +91,11 @@ fn success<T>(data: T) -> Json<Success<T>> {
 )]
 async fn write(
     State(state): State<AppState>,
-    id: RequestIdOf,
+    RequestIdOf(id): RequestIdOf,
     NewPair { key, value }: NewPair,
 ) -> Result<Json<Success<String>>, ApiError> {
     let sentence = format!("Value {value} stored for key '{key}'");
-    state.broker.write(key, value, id.as_str()).await?;
+    state.broker.write(key, value, id).await?;
     Ok(success(sentence))
 }
 
@@ -136,11 +136,11 @@ async fn write(
 )]
 async fn read(
     State(state): State<AppState>,
-    id: RequestIdOf,
+    RequestIdOf(id): RequestIdOf,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Success<f64>>, ApiError> {
     let key = parse_key_query(query.as_deref())?;
-    match state.broker.read(&key, id.as_str()).await? {
+    match state.broker.read(&key, id).await? {
         Some(value) => Ok(success(value)),
         None => Err(ApiError::KeyNotFound(key)),
     }

@@ -12,6 +12,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::{Entry, HeaderName};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Request, Response};
+use kv_protocol::RequestId;
 use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -23,11 +24,10 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// A request's id as text: `-` if it is not printable ASCII (the client's choice), so that logs
 /// and messages never carry bytes that could forge a line.
 pub fn request_id(headers: &HeaderMap) -> &str {
-    as_text(headers.get(X_REQUEST_ID))
-}
-
-fn as_text(id: Option<&HeaderValue>) -> &str {
-    id.and_then(|id| id.to_str().ok()).unwrap_or("-")
+    headers
+        .get(X_REQUEST_ID)
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or("-")
 }
 
 /// A new lower-case version 4 UUID. Its bytes are shared by reference count, so that the copy
@@ -39,20 +39,15 @@ fn new_id() -> HeaderValue {
     HeaderValue::from_maybe_shared(Bytes::from_owner(text)).expect("a UUID is a valid header value")
 }
 
-/// The id of the request a handler serves, as [`request_id`] gives it.
-pub struct RequestIdOf(Option<HeaderValue>);
-
-impl RequestIdOf {
-    pub fn as_str(&self) -> &str {
-        as_text(self.0.as_ref())
-    }
-}
+/// The id of the request a handler serves, as [`request_id`] gives it, in the form it travels in
+/// messages.
+pub struct RequestIdOf(pub RequestId);
 
 impl<S: Sync> FromRequestParts<S> for RequestIdOf {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(Self(parts.headers.get(X_REQUEST_ID).cloned()))
+        Ok(Self(RequestId::new(request_id(&parts.headers))))
     }
 }
 
@@ -146,7 +141,7 @@ mod tests {
         let app = Router::new()
             .route(
                 "/",
-                get(|id: RequestIdOf| async move { id.as_str().to_owned() }),
+                get(|RequestIdOf(id): RequestIdOf| async move { id.to_string() }),
             )
             .route(
                 "/own",
