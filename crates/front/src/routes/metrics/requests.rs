@@ -1,6 +1,6 @@
 //! The series every HTTP request adds to, `kv_http_requests_total` and
-//! `kv_http_request_duration_seconds`, counted by each thread in memory of its own and added up
-//! when `/metrics` is scraped.
+//! `kv_http_request_duration_seconds`, and the count of requests in flight, counted by each thread
+//! in memory of its own and added up when `/metrics` is scraped.
 //!
 //! Through the `metrics` recorder, each request cost an atomic add on a counter both cores share
 //! and, for the histogram, a sample pushed with a timestamp of its own into a bucket both cores
@@ -17,8 +17,8 @@ use metrics_exporter_prometheus::formatting::{
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 const REQUESTS: &str = "kv_http_requests_total";
@@ -61,7 +61,8 @@ impl Counts {
     }
 }
 
-/// Adds to a counter only this thread writes.
+/// Adds to a counter only this thread writes (wrapping: a thread's share of requests in flight
+/// can go below zero, and the wrapped sum over threads is still the right count).
 fn bump(counter: &AtomicU64, by: u64) {
     counter.store(
         counter.load(Ordering::Relaxed).wrapping_add(by),
@@ -74,12 +75,41 @@ thread_local! {
     static MINE: RefCell<Vec<(Labels, &'static Counts)>> = const { RefCell::new(Vec::new()) };
     /// The routes this thread has seen, as labels.
     static ROUTES: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
+    /// Requests that arrived on this thread less those that ended on it.
+    static IN_FLIGHT: &'static AtomicU64 = {
+        let mine: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+        locked(&IN_FLIGHT_ALL).push(mine);
+        mine
+    };
 }
 
 /// Every thread's counts of every series, for scrapes. Threads, routes, methods and statuses are
 /// small fixed sets, so the counts are kept for the life of the process (as a counter must be,
 /// even after its thread ends).
 static ALL: Mutex<Vec<(Labels, &'static Counts)>> = Mutex::new(Vec::new());
+
+/// Every thread's count of requests in flight, likewise kept: a thread may end with requests
+/// counted that end elsewhere.
+static IN_FLIGHT_ALL: Mutex<Vec<&'static AtomicU64>> = Mutex::new(Vec::new());
+
+/// A list of every thread's counters. A thread that panicked while holding it left it whole
+/// (each change is one push), so a poisoned lock is used as it is.
+fn locked<T>(all: &Mutex<T>) -> MutexGuard<'_, T> {
+    all.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Counts `by` more requests in flight (fewer when negative) on this thread.
+pub fn in_flight_add(by: i64) {
+    IN_FLIGHT.with(|mine| bump(mine, by as u64));
+}
+
+/// The requests in flight now, over every thread.
+pub fn in_flight() -> i64 {
+    let total = locked(&IN_FLIGHT_ALL).iter().fold(0u64, |total, mine| {
+        total.wrapping_add(mine.load(Ordering::Relaxed))
+    });
+    total as i64
+}
 
 /// `route` as a label of a `'static` lifetime, so that a request in flight need not hold on to
 /// its router's copy (an `Arc` that every core would count up and down).
@@ -114,9 +144,7 @@ pub fn count(route: &'static str, method: &'static str, status: u16, elapsed: Du
             nanos: AtomicU64::new(0),
         }));
         mine.push((labels, counts));
-        ALL.lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push((labels, counts));
+        locked(&ALL).push((labels, counts));
         counts
     });
     counts.add(elapsed);
@@ -139,11 +167,7 @@ impl Totals {
 /// type lines, one line per series (label sets in a stable order), a blank line after each.
 pub fn render(into: &mut String) {
     let mut totals = BTreeMap::<Labels, Totals>::new();
-    for (labels, counts) in ALL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .iter()
-    {
+    for (labels, counts) in locked(&ALL).iter() {
         let total = totals.entry(*labels).or_default();
         for (total, count) in total.buckets.iter_mut().zip(&counts.buckets) {
             *total += count.load(Ordering::Relaxed);

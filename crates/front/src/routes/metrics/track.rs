@@ -13,8 +13,7 @@ use axum::response::Response;
 use metrics::Gauge;
 use pin_project_lite::pin_project;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 use tower::{Layer, Service};
@@ -119,46 +118,21 @@ fn method_label(method: &Method) -> &'static str {
 /// both cores wrote twice per request cost a cache line moving between them each time.
 pub struct InFlight;
 
-/// Every thread's counter, for scrapes; kept for the life of the process, as a thread may end
-/// with requests counted that end elsewhere.
-static COUNTERS: Mutex<Vec<&'static AtomicI64>> = Mutex::new(Vec::new());
-
-thread_local! {
-    static MINE: &'static AtomicI64 = {
-        let mine = Box::leak(Box::new(AtomicI64::new(0)));
-        COUNTERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(mine);
-        mine
-    };
-}
-
-/// Adds to this thread's counter, which no other thread writes: a load and a store, not a
-/// read-modify-write.
-fn add(by: i64) {
-    MINE.with(|mine| mine.store(mine.load(Ordering::Relaxed) + by, Ordering::Relaxed));
-}
-
 impl InFlight {
     fn enter() -> Self {
-        add(1);
+        requests::in_flight_add(1);
         Self
     }
 
     /// Sets the gauge to the requests in flight now.
     pub(super) fn publish() {
         static GAUGE: LazyLock<Gauge> = LazyLock::new(|| metrics::gauge!(IN_FLIGHT));
-        let counters = COUNTERS
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now: i64 = counters
-            .iter()
-            .map(|counter| counter.load(Ordering::Relaxed))
-            .sum();
-        GAUGE.set(now as f64);
+        GAUGE.set(requests::in_flight() as f64);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        add(-1);
+        requests::in_flight_add(-1);
     }
 }
