@@ -12,14 +12,16 @@
 # The toolchain CI builds and tests with (rustc 1.95; Cargo.toml's rust-version 1.89 is only the
 # minimum), on Debian 12 like the runtime images below, so the binaries need no newer glibc than
 # they find there. The slim Rust image has gcc, which rusqlite's bundled SQLite needs.
-FROM rust:1.95-slim-bookworm AS builder
+FROM rust:1.95-slim-bookworm AS dependencies
 WORKDIR /src
 
-# Dependency layer. cargo-chef would add a `cargo install` of minutes to every uncached build;
+# Dependency stage. cargo-chef would add a `cargo install` of minutes to every uncached build;
 # BuildKit cache mounts live only on the machine that built (a CI builder starts empty, and
 # --cache-to exports layers, not mounts). So: the manifests alone, with stub sources, and a build
 # of the two servers that compiles every dependency into an ordinary layer. It is rebuilt only
-# when Cargo.toml, Cargo.lock or a crate's manifest changes; an edit to the code reuses it.
+# when Cargo.toml, Cargo.lock or a crate's manifest changes; an edit to the code reuses it. A
+# stage of its own, so that `docker build --target dependencies -t NAME` can keep it by name
+# (scripts/check-docker does) where a builder's cache is pruned.
 # Every workspace member needs its manifest here ("crates/*" in Cargo.toml), even kv-bench, or
 # the lockfile would not match and --locked would stop the build. One COPY line per crate, all
 # together here: a new crate adds its line (scripts/check-docker says which one is missing).
@@ -42,6 +44,7 @@ RUN for crate in crates/*/; do \
     && rm /tmp/targets \
     && cargo build --release --locked -p front-server -p back-server
 
+FROM dependencies AS builder
 # The real sources. COPY keeps their modification times, which can be older than the stub build:
 # cargo would then take the workspace crates as fresh and ship the stubs. Touching them makes
 # cargo rebuild exactly our crates, and nothing else.
