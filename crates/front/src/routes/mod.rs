@@ -101,7 +101,6 @@ fn request_span(request: &Request<Body>) -> Span {
 /// Installs the process's metrics recorder (once) and describes the front's series.
 pub fn install_metrics() {
     kv_runtime::install_metrics();
-    metrics::describe();
     crate::broker::describe_metrics();
 }
 

@@ -9,7 +9,6 @@ use super::AppState;
 use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use track::{IN_FLIGHT, InFlight};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
@@ -26,12 +25,5 @@ pub fn router() -> Router<AppState> {
         content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
 )]
 pub(super) async fn metrics() -> impl IntoResponse {
-    InFlight::publish();
     kv_runtime::render_metrics_with(requests::render)
-}
-
-/// Names and explains the front's series kept by the recorder (the `# HELP` lines of
-/// `/metrics`); those of requests are written with their counts.
-pub fn describe() {
-    metrics::describe_gauge!(IN_FLIGHT, "HTTP requests being served right now");
 }

@@ -1,6 +1,6 @@
-//! The series every HTTP request adds to, `kv_http_requests_total` and
-//! `kv_http_request_duration_seconds`, and the count of requests in flight, counted by each thread
-//! in memory of its own and added up when `/metrics` is scraped.
+//! The series every HTTP request adds to, `kv_http_requests_total`,
+//! `kv_http_request_duration_seconds` and `kv_http_requests_in_flight`, counted by each thread in
+//! memory of its own and added up when `/metrics` is scraped.
 //!
 //! Through the `metrics` recorder, each request cost an atomic add on a counter both cores share
 //! and, for the histogram, a sample pushed with a timestamp of its own into a bucket both cores
@@ -26,6 +26,8 @@ const REQUESTS_HELP: &str = "HTTP requests answered, by route, method and status
 const DURATION: &str = "kv_http_request_duration_seconds";
 const DURATION_HELP: &str =
     "Time from a request's arrival to its answer, by route, method and status";
+const IN_FLIGHT: &str = "kv_http_requests_in_flight";
+const IN_FLIGHT_HELP: &str = "HTTP requests being served right now";
 
 /// What tells one series from another.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -76,7 +78,7 @@ thread_local! {
     /// The routes this thread has seen, as labels.
     static ROUTES: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
     /// Requests that arrived on this thread less those that ended on it.
-    static IN_FLIGHT: &'static AtomicU64 = {
+    static IN_FLIGHT_MINE: &'static AtomicU64 = {
         let mine: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
         locked(&IN_FLIGHT_ALL).push(mine);
         mine
@@ -100,11 +102,11 @@ fn locked<T>(all: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Counts `by` more requests in flight (fewer when negative) on this thread.
 pub fn in_flight_add(by: i64) {
-    IN_FLIGHT.with(|mine| bump(mine, by as u64));
+    IN_FLIGHT_MINE.with(|mine| bump(mine, by as u64));
 }
 
 /// The requests in flight now, over every thread.
-pub fn in_flight() -> i64 {
+fn in_flight() -> i64 {
     let total = locked(&IN_FLIGHT_ALL).iter().fold(0u64, |total, mine| {
         total.wrapping_add(mine.load(Ordering::Relaxed))
     });
@@ -163,9 +165,14 @@ impl Totals {
     }
 }
 
-/// Writes both series in Prometheus's text format, as the exporter writes its own: help and
-/// type lines, one line per series (label sets in a stable order), a blank line after each.
+/// Writes the series in Prometheus's text format, as the exporter writes its own: help and type
+/// lines, one line per series (label sets in a stable order), a blank line after each. Those of
+/// answered requests only once there is one, as the exporter would.
 pub fn render(into: &mut String) {
+    write_help_line(into, IN_FLIGHT, None, None, IN_FLIGHT_HELP);
+    write_type_line(into, IN_FLIGHT, None, None, "gauge");
+    let _ = writeln!(into, "{IN_FLIGHT} {}\n", in_flight());
+
     let mut totals = BTreeMap::<Labels, Totals>::new();
     for (labels, counts) in locked(&ALL).iter() {
         let total = totals.entry(*labels).or_default();
@@ -187,7 +194,11 @@ pub fn render(into: &mut String) {
 
     write_help_line(into, DURATION, None, None, DURATION_HELP);
     write_type_line(into, DURATION, None, None, "histogram");
-    let bucket = format!("{DURATION}_bucket");
+    let (bucket, sum, count) = (
+        format!("{DURATION}_bucket"),
+        format!("{DURATION}_sum"),
+        format!("{DURATION}_count"),
+    );
     for (labels, total) in &totals {
         let mut below = 0;
         for (bound, count) in LATENCY_BUCKETS.iter().zip(&total.buckets) {
@@ -196,14 +207,8 @@ pub fn render(into: &mut String) {
         }
         line(into, &bucket, labels, Some("+Inf"), total.requests());
         let seconds = total.nanos as f64 / 1e9;
-        line(into, &format!("{DURATION}_sum"), labels, None, seconds);
-        line(
-            into,
-            &format!("{DURATION}_count"),
-            labels,
-            None,
-            total.requests(),
-        );
+        line(into, &sum, labels, None, seconds);
+        line(into, &count, labels, None, total.requests());
     }
     into.push('\n');
 }

@@ -10,15 +10,11 @@ use super::requests;
 use axum::extract::MatchedPath;
 use axum::http::{Method, Request};
 use axum::response::Response;
-use metrics::Gauge;
 use pin_project_lite::pin_project;
 use std::pin::Pin;
-use std::sync::LazyLock;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 use tower::{Layer, Service};
-
-pub(super) const IN_FLIGHT: &str = "kv_http_requests_in_flight";
 
 /// The layer that counts and times each request by its matched route, method and status. A
 /// plain tower layer, not `from_fn` middleware, which would clone the inner service and box a
@@ -114,20 +110,14 @@ fn method_label(method: &Method) -> &'static str {
 /// Counts a request in flight until dropped, so that one whose client went away (hyper drops its
 /// future mid-way) is not counted forever. Each thread counts in a counter of its own, one where
 /// a request arrives and minus one where it ends (maybe another thread): the sum over threads,
-/// copied into the gauge when `/metrics` is scraped, is the number in flight. One counter that
-/// both cores wrote twice per request cost a cache line moving between them each time.
-pub struct InFlight;
+/// written when `/metrics` is scraped, is the number in flight. One counter that both cores
+/// wrote twice per request cost a cache line moving between them each time.
+struct InFlight;
 
 impl InFlight {
     fn enter() -> Self {
         requests::in_flight_add(1);
         Self
-    }
-
-    /// Sets the gauge to the requests in flight now.
-    pub(super) fn publish() {
-        static GAUGE: LazyLock<Gauge> = LazyLock::new(|| metrics::gauge!(IN_FLIGHT));
-        GAUGE.set(requests::in_flight() as f64);
     }
 }
 
