@@ -64,13 +64,13 @@ start_build() { # dir, name (unique to the run), route, wrapper command...
     fi
 }
 
-# Stops the build start_build started last.
-stop_build() {
-    kill -TERM "$front_pid" "$back_pid"
-    wait "$front_pid" "$back_pid" || true
-    local pid left=()
+# Stops a build's front-server and back-server.
+stop_build() { # front pid, back pid
+    local stopping=("$1" "$2") pid left=()
+    kill -TERM "${stopping[@]}"
+    wait "${stopping[@]}" || true
     for pid in "${build_pids[@]}"; do
-        [ "$pid" = "$front_pid" ] || [ "$pid" = "$back_pid" ] || left+=("$pid")
+        [ "$pid" = "${stopping[0]}" ] || [ "$pid" = "${stopping[1]}" ] || left+=("$pid")
     done
     build_pids=("${left[@]}")
 }
