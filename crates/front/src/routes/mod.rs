@@ -6,6 +6,7 @@ mod examples;
 mod fallback;
 mod health;
 mod metrics;
+mod observe;
 mod request_id;
 
 use crate::broker::Broker;
@@ -15,9 +16,11 @@ use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::response::{IntoResponse, Response};
+use observe::ObserveLayer;
 use std::any::Any;
 use std::sync::Arc;
 use tower::ServiceBuilder;
+use tower::layer::util::{Identity, Stack};
 use tower_http::LatencyUnit;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -35,49 +38,53 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(api::router(&state))
         .merge(health::router())
         .merge(docs::router())
         .merge(metrics::router())
         .fallback(fallback::not_found)
-        .method_not_allowed_fallback(fallback::method_not_allowed)
-        // One `layer` call: axum boxes each route again for every call, and clones every one of
-        // those boxes on every request.
-        .layer(
-            ServiceBuilder::new()
-                // Outermost, so it times and counts what the client gets, panics and rejections
-                // included. Router::layer wraps each route, so the matched route is known to it.
-                .layer(metrics::TrackLayer)
-                // A client's own `x-request-id` is kept (it may trace the request across
-                // services); otherwise a UUID is made. Either way it is in the answer, the logs and
-                // the AMQP message.
-                .layer(request_id::RequestIdLayer)
-                // One line per request, when it is answered. ApiError logs our failures once, with
-                // their cause; the trace layer need not repeat them. Only when the log filter lets
-                // its span or its line through: otherwise it would only cost every request a
-                // microsecond.
-                .option_layer(traced().then(|| {
-                    ServiceBuilder::new()
-                        .map_response(IntoResponse::into_response)
-                        .layer(
-                            TraceLayer::new_for_http()
-                                .make_span_with(request_span)
-                                .on_request(())
-                                .on_response(
-                                    DefaultOnResponse::new()
-                                        .level(Level::INFO)
-                                        .latency_unit(LatencyUnit::Micros),
-                                )
-                                .on_failure(()),
-                        )
-                }))
-                // So that the trace layer's branch and the one without it answer the same type.
-                .map_response(IntoResponse::into_response)
-                .layer(CatchPanicLayer::custom(panic_response))
-                .layer(DefaultBodyLimit::max(state.body_limit)),
-        )
-        .with_state(state)
+        .method_not_allowed_fallback(fallback::method_not_allowed);
+    // One line per request, when it is answered. ApiError logs our failures once, with their
+    // cause; the trace layer need not repeat them. Only when the log filter lets its span or its
+    // line through: otherwise it would only cost every request a microsecond. Two routers rather
+    // than an optional layer, whose `Either` would cost every request a branch and a conversion
+    // of its answer in every layer around it.
+    let routes = if traced() {
+        let trace = TraceLayer::new_for_http()
+            .make_span_with(request_span)
+            .on_request(())
+            .on_response(
+                DefaultOnResponse::new()
+                    .level(Level::INFO)
+                    .latency_unit(LatencyUnit::Micros),
+            )
+            .on_failure(());
+        routes.layer(every_request(trace, state.body_limit))
+    } else {
+        routes.layer(every_request(Identity::new(), state.body_limit))
+    };
+    routes.with_state(state)
+}
+
+/// The layers of [`every_request`], outermost last.
+type EveryRequest<Log> = Stack<
+    DefaultBodyLimit,
+    Stack<CatchPanicLayer<PanicResponse>, Stack<Log, Stack<ObserveLayer, Identity>>>,
+>;
+
+/// What turns a panic into an answer.
+type PanicResponse = fn(Box<dyn Any + Send + 'static>) -> Response;
+
+/// The layers every request passes through, with `log` (the request's log line, or nothing)
+/// between its id and the rest. All in one: `Router::layer` boxes each route again for every
+/// call, and clones every one of those boxes on every request.
+fn every_request<Log>(log: Log, body_limit: usize) -> ServiceBuilder<EveryRequest<Log>> {
+    ServiceBuilder::new()
+        .layer(ObserveLayer)
+        .layer(log)
+        .layer(CatchPanicLayer::custom(panic_response as PanicResponse))
+        .layer(DefaultBodyLimit::max(body_limit))
 }
 
 /// Whether the log filter lets through the request span or the line per answered request. The
@@ -92,7 +99,7 @@ fn traced() -> bool {
 fn request_span(request: &Request<Body>) -> Span {
     tracing::info_span!(
         "request",
-        request_id = %request_id::request_id(request.headers()),
+        request_id = %request_id::current(request.headers()),
         method = %request.method(),
         path = %request.uri().path(),
     )

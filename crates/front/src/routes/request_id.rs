@@ -2,44 +2,52 @@
 //! handlers send on with its writes and reads, the log span shows, and the answer carries.
 //!
 //! tower-http's `SetRequestId` and `PropagateRequestId` do the same with five header-map and
-//! extension operations and two allocations per request; a profile of `/health` put that at a
-//! third of what all the HTTP layers together cost. Here the id lives only in the request's
-//! headers, where the client put it or this layer puts a new one, and is copied into the
-//! answer: two map operations and, for a new id, one allocation.
+//! extension operations and two allocations per request. Here the id reaches the code serving
+//! the request through a task-local, set while the request's service is called and while its
+//! future is polled: a header or an extension added to the request would grow a map that hyper
+//! or axum sized without it, and the handler would parse a new id back from its text. The answer
+//! gets the id as a header, the only copy of a new id made as text.
 
 use axum::body::Bytes;
 use axum::extract::FromRequestParts;
-use axum::http::header::{Entry, HeaderName};
+use axum::http::header::HeaderName;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Request, Response};
+use axum::http::{HeaderMap, HeaderValue};
 use kv_protocol::RequestId;
-use pin_project_lite::pin_project;
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
-use tower::{Layer, Service};
+use tokio::task::futures::TaskLocalFuture;
+use uuid::Uuid;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// A request's id as text: `-` if it is not printable ASCII (the client's choice), so that logs
-/// and messages never carry bytes that could forge a line.
-pub fn request_id(headers: &HeaderMap) -> &str {
-    headers
-        .get(X_REQUEST_ID)
-        .and_then(|id| id.to_str().ok())
-        .unwrap_or("-")
+tokio::task_local! {
+    /// The id of the request whose service is being called or whose future is being polled.
+    static CURRENT: RequestId;
 }
 
-/// A new lower-case version 4 UUID. Its bytes are shared by reference count, so that the copy
-/// in the answer costs no allocation (a `HeaderValue` from a `String` allocates again when
-/// first cloned).
-fn new_id() -> HeaderValue {
+/// The id of the request being served: the one [`Assigned`] gave it, else (outside the layer
+/// that assigns ids) the client's own, as [`printable`] shows it, or `-`.
+pub fn current(headers: &HeaderMap) -> RequestId {
+    CURRENT
+        .try_with(RequestId::clone)
+        .unwrap_or_else(|_| RequestId::new(headers.get(X_REQUEST_ID).map_or("-", printable)))
+}
+
+/// A client's id as text: `-` if it is not printable ASCII, so that logs and messages never
+/// carry bytes that could forge a line. The answer carries it back as it came.
+fn printable(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
+}
+
+/// `id` as a header value, in the lower-case text of a new id. Its bytes are shared by reference
+/// count rather than copied into a `HeaderValue` from a `String`, which allocates twice.
+fn header_value(id: Uuid) -> HeaderValue {
     let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    id.hyphenated().encode_lower(&mut text);
     HeaderValue::from_maybe_shared(Bytes::from_owner(text)).expect("a UUID is a valid header value")
 }
 
-/// The id of the request a handler serves, as [`request_id`] gives it, in the form it travels in
+/// The id of the request a handler serves, as [`current`] gives it, in the form it travels in
 /// messages.
 pub struct RequestIdOf(pub RequestId);
 
@@ -47,89 +55,80 @@ impl<S: Sync> FromRequestParts<S> for RequestIdOf {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(Self(RequestId::new(request_id(&parts.headers))))
+        Ok(Self(current(&parts.headers)))
     }
 }
 
-/// The layer that gives every request an id and every answer its request's id (unless the
-/// handler set one).
-#[derive(Clone, Copy, Default)]
-pub struct RequestIdLayer;
-
-impl<S> Layer<S> for RequestIdLayer {
-    type Service = WithRequestId<S>;
-
-    fn layer(&self, inner: S) -> WithRequestId<S> {
-        WithRequestId { inner }
-    }
+/// The id of a request: what the code serving it reads, through the task-local (see
+/// [`Assigned::calling`] and [`Assigned::serving`]), and what its answer carries.
+pub struct Assigned {
+    id: RequestId,
+    answer: Answer,
 }
 
-/// The service of [`RequestIdLayer`].
-#[derive(Clone)]
-pub struct WithRequestId<S> {
-    inner: S,
+/// The id an answer carries: the client's as it came, or the one made for the request.
+pub struct Answer(AnswerId);
+
+enum AnswerId {
+    Client(HeaderValue),
+    Made(Uuid),
 }
 
-impl<S, B, ResBody> Service<Request<B>> for WithRequestId<S>
-where
-    S: Service<Request<B>, Response = Response<ResBody>>,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = Identified<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let id = match request.headers_mut().entry(X_REQUEST_ID) {
-            Entry::Occupied(client) => client.get().clone(),
-            Entry::Vacant(none) => none.insert(new_id()).clone(),
-        };
-        Identified {
-            inner: self.inner.call(request),
-            id: Some(id),
+impl Assigned {
+    /// The id of a request with these headers: the client's own `x-request-id` (it may trace the
+    /// request across services), or else a new UUID.
+    pub fn new(headers: &HeaderMap) -> Self {
+        match headers.get(X_REQUEST_ID) {
+            Some(client) => Self {
+                id: RequestId::new(printable(client)),
+                answer: Answer(AnswerId::Client(client.clone())),
+            },
+            None => {
+                let made = Uuid::new_v4();
+                Self {
+                    id: RequestId::Uuid(made),
+                    answer: Answer(AnswerId::Made(made)),
+                }
+            }
         }
     }
-}
 
-pin_project! {
-    /// A request being served, with the id its answer will carry.
-    pub struct Identified<F> {
-        #[pin]
-        inner: F,
-        id: Option<HeaderValue>,
+    /// Calls the request's service with the id set: the layers inside make the request's log
+    /// span when called, before any poll.
+    pub fn calling<R>(&self, call: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self.id.clone(), call)
+    }
+
+    /// The request's future, with the id set while it is polled (and dropped); and the id its
+    /// answer will carry.
+    pub fn serving<F: Future>(self, future: F) -> (TaskLocalFuture<RequestId, F>, Answer) {
+        (CURRENT.scope(self.id, future), self.answer)
     }
 }
 
-impl<F, B, E> Future for Identified<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut answered = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(id)) = (&mut answered, this.id.take()) {
-            response.headers_mut().entry(X_REQUEST_ID).or_insert(id);
-        }
-        Poll::Ready(answered)
+impl Answer {
+    /// Puts the id in the answer's headers, unless the handler put one there.
+    pub fn put_in(self, headers: &mut HeaderMap) {
+        headers.entry(X_REQUEST_ID).or_insert_with(|| match self.0 {
+            AnswerId::Client(id) => id,
+            AnswerId::Made(id) => header_value(id),
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::observe::ObserveLayer;
     use super::*;
+    use axum::Router;
     use axum::body::Body;
+    use axum::http::{Request, Response, StatusCode};
     use axum::routing::get;
-    use axum::{Router, http::StatusCode};
     use tower::ServiceExt;
 
     #[test]
     fn a_new_id_is_a_new_lower_case_version_4_uuid() {
-        let (first, second) = (new_id(), new_id());
+        let (first, second) = (header_value(Uuid::new_v4()), header_value(Uuid::new_v4()));
         let first = first.to_str().unwrap();
         let parsed = uuid::Uuid::parse_str(first).unwrap();
         assert_eq!(parsed.get_version_num(), 4);
@@ -147,7 +146,7 @@ mod tests {
                 "/own",
                 get(|| async { ([(X_REQUEST_ID, "the handler's")], "") }),
             )
-            .layer(RequestIdLayer);
+            .layer(ObserveLayer);
         app.oneshot(request).await.unwrap()
     }
 
@@ -182,16 +181,26 @@ mod tests {
         assert_eq!(response.headers()[X_REQUEST_ID], "the handler's");
     }
 
-    #[test]
-    fn an_id_that_is_not_printable_is_a_dash_in_logs() {
+    #[tokio::test]
+    async fn an_id_that_is_not_printable_is_a_dash_in_logs() {
         let mut headers = HeaderMap::new();
-        assert_eq!(request_id(&headers), "-");
+        assert_eq!(current(&headers).to_string(), "-");
         headers.insert(
             X_REQUEST_ID,
             HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
         );
-        assert_eq!(request_id(&headers), "-");
+        assert_eq!(current(&headers).to_string(), "-");
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("ok-1"));
-        assert_eq!(request_id(&headers), "ok-1");
+        assert_eq!(current(&headers).to_string(), "ok-1");
+
+        let client = Request::get("/")
+            .header(
+                X_REQUEST_ID,
+                HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+            )
+            .body(Body::empty());
+        let response = answer(client.unwrap()).await;
+        assert_eq!(response.headers()[X_REQUEST_ID].as_bytes(), b"caf\xc3\xa9");
+        assert_eq!(body_of(response).await, "-");
     }
 }

@@ -3,7 +3,7 @@
 mod requests;
 mod track;
 
-pub use track::TrackLayer;
+pub use track::Tracking;
 
 use super::AppState;
 use axum::Router;

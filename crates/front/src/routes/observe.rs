@@ -1,0 +1,93 @@
+//! The layer every request passes through first: it gives the request its id (the one the
+//! handlers, the log span and the answer carry) and counts and times it by route, method and
+//! status.
+//!
+//! One layer for the two, because a layer's future wraps the request's whole future: making it
+//! moves everything inside, and polling it passes through one more level. A second layer would
+//! pay both again on every request for no more than a second place to keep a few fields.
+
+use super::metrics::Tracking;
+use super::request_id::{Answer, Assigned};
+use axum::http::{Request, Response};
+use kv_protocol::RequestId;
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
+
+/// The layer that identifies, counts and times every request. Outermost, so that it times and
+/// counts what the client gets, panics and rejections included; `Router::layer` wraps each
+/// route, so the matched route is known to it. A plain tower layer, not `from_fn` middleware,
+/// which would clone the inner service and box a future on every request.
+#[derive(Clone, Copy, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
+    }
+}
+
+/// The service of [`ObserveLayer`].
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Observed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let tracking = Tracking::start(&request);
+        let assigned = Assigned::new(request.headers());
+        let inner = assigned.calling(|| self.inner.call(request));
+        let (inner, answer) = assigned.serving(inner);
+        Observed {
+            inner,
+            tracking,
+            answer: Some(answer),
+        }
+    }
+}
+
+pin_project! {
+    /// A request being served: its future, with its id set while polled, counted in flight
+    /// until dropped, counted and timed when answered.
+    pub struct Observed<F> {
+        #[pin]
+        inner: TaskLocalFuture<RequestId, F>,
+        tracking: Tracking,
+        answer: Option<Answer>,
+    }
+}
+
+impl<F, B, E> Future for Observed<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut answered = ready!(this.inner.poll(cx));
+        if let Ok(response) = &mut answered {
+            if let Some(answer) = this.answer.take() {
+                answer.put_in(response.headers_mut());
+            }
+            this.tracking.answered(response.status());
+        }
+        Poll::Ready(answered)
+    }
+}
