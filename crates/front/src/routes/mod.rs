@@ -60,9 +60,15 @@ pub fn router(state: AppState) -> Router {
                     .latency_unit(LatencyUnit::Micros),
             )
             .on_failure(());
-        routes.layer(every_request(trace, state.body_limit))
+        // The span is made when the trace layer is called, and shows the request's id.
+        let observe = ObserveLayer::with_id_when_called();
+        routes.layer(every_request(observe, trace, state.body_limit))
     } else {
-        routes.layer(every_request(Identity::new(), state.body_limit))
+        routes.layer(every_request(
+            ObserveLayer::default(),
+            Identity::new(),
+            state.body_limit,
+        ))
     };
     routes.with_state(state)
 }
@@ -77,11 +83,15 @@ type EveryRequest<Log> = Stack<
 type PanicResponse = fn(Box<dyn Any + Send + 'static>) -> Response;
 
 /// The layers every request passes through, with `log` (the request's log line, or nothing)
-/// between its id and the rest. All in one: `Router::layer` boxes each route again for every
-/// call, and clones every one of those boxes on every request.
-fn every_request<Log>(log: Log, body_limit: usize) -> ServiceBuilder<EveryRequest<Log>> {
+/// between `observe` (its id, count and time) and the rest. All in one: `Router::layer` boxes
+/// each route again for every call, and clones every one of those boxes on every request.
+fn every_request<Log>(
+    observe: ObserveLayer,
+    log: Log,
+    body_limit: usize,
+) -> ServiceBuilder<EveryRequest<Log>> {
     ServiceBuilder::new()
-        .layer(ObserveLayer)
+        .layer(observe)
         .layer(log)
         .layer(CatchPanicLayer::custom(panic_response as PanicResponse))
         .layer(DefaultBodyLimit::max(body_limit))

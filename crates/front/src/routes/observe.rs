@@ -21,13 +21,29 @@ use tower::{Layer, Service};
 /// route, so the matched route is known to it. A plain tower layer, not `from_fn` middleware,
 /// which would clone the inner service and box a future on every request.
 #[derive(Clone, Copy, Default)]
-pub struct ObserveLayer;
+pub struct ObserveLayer {
+    id_when_called: bool,
+}
+
+impl ObserveLayer {
+    /// For layers inside that read the request's id when called, before its future is first
+    /// polled, as the request's log span does: the id is then set around the call too. Only
+    /// then, since that costs every request about 250 instructions of a GET's 38,000.
+    pub fn with_id_when_called() -> Self {
+        Self {
+            id_when_called: true,
+        }
+    }
+}
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner }
+        Observe {
+            inner,
+            id_when_called: self.id_when_called,
+        }
     }
 }
 
@@ -35,6 +51,7 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
+    id_when_called: bool,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for Observe<S>
@@ -52,7 +69,11 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let tracking = Tracking::start(&request);
         let assigned = Assigned::new(request.headers());
-        let inner = assigned.calling(|| self.inner.call(request));
+        let inner = if self.id_when_called {
+            assigned.calling(|| self.inner.call(request))
+        } else {
+            self.inner.call(request)
+        };
         let (inner, answer) = assigned.serving(inner);
         Observed {
             inner,

@@ -3,10 +3,11 @@
 //!
 //! tower-http's `SetRequestId` and `PropagateRequestId` do the same with five header-map and
 //! extension operations and two allocations per request. Here the id reaches the code serving
-//! the request through a task-local, set while the request's service is called and while its
-//! future is polled: a header or an extension added to the request would grow a map that hyper
-//! or axum sized without it, and the handler would parse a new id back from its text. The answer
-//! gets the id as a header, the only copy of a new id made as text.
+//! the request through a task-local, set while the request's future is polled (and while its
+//! service is called, where a layer inside reads it then): a header or an extension added to
+//! the request would grow a map that hyper or axum sized without it, and the handler would parse
+//! a new id back from its text. The answer gets the id as a header, the only copy of a new id
+//! made as text.
 
 use axum::body::Bytes;
 use axum::extract::FromRequestParts;
@@ -146,7 +147,7 @@ mod tests {
                 "/own",
                 get(|| async { ([(X_REQUEST_ID, "the handler's")], "") }),
             )
-            .layer(ObserveLayer);
+            .layer(ObserveLayer::default());
         app.oneshot(request).await.unwrap()
     }
 
