@@ -75,8 +75,6 @@ fn bump(counter: &AtomicU64, by: u64) {
 thread_local! {
     /// The series this thread has counted, with its counts of each.
     static MINE: RefCell<Vec<(Labels, &'static Counts)>> = const { RefCell::new(Vec::new()) };
-    /// The routes this thread has seen, as labels.
-    static ROUTES: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
     /// Requests that arrived on this thread less those that ended on it.
     static IN_FLIGHT_MINE: &'static AtomicU64 = {
         let mine: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
@@ -90,11 +88,14 @@ thread_local! {
 /// even after its thread ends).
 static ALL: Mutex<Vec<(Labels, &'static Counts)>> = Mutex::new(Vec::new());
 
+/// Every route seen, as a label: one copy of each, so that a label's address tells it apart.
+static ROUTES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
 /// Every thread's count of requests in flight, likewise kept: a thread may end with requests
 /// counted that end elsewhere.
 static IN_FLIGHT_ALL: Mutex<Vec<&'static AtomicU64>> = Mutex::new(Vec::new());
 
-/// A list of every thread's counters. A thread that panicked while holding it left it whole
+/// One of the lists above, which every thread adds to. A thread that panicked while holding it left it whole
 /// (each change is one push), so a poisoned lock is used as it is.
 fn locked<T>(all: &Mutex<T>) -> MutexGuard<'_, T> {
     all.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -114,16 +115,16 @@ fn in_flight() -> i64 {
 }
 
 /// `route` as a label of a `'static` lifetime, so that a request in flight need not hold on to
-/// its router's copy (an `Arc` that every core would count up and down).
+/// its router's copy (an `Arc` that every core would count up and down). The same text always
+/// gives the same label, at the same address. Takes a lock: callers keep what it gives them.
 pub fn route_label(route: &str) -> &'static str {
-    ROUTES.with_borrow_mut(|routes| {
-        if let Some(known) = routes.iter().find(|known| **known == route) {
-            return *known;
-        }
-        let label: &'static str = Box::leak(route.into());
-        routes.push(label);
-        label
-    })
+    let mut routes = locked(&ROUTES);
+    if let Some(known) = routes.iter().find(|known| **known == route) {
+        return known;
+    }
+    let label: &'static str = Box::leak(route.into());
+    routes.push(label);
+    label
 }
 
 /// Counts one answered request of `route`, `method` and `status` that took `elapsed`.
@@ -134,9 +135,13 @@ pub fn count(route: &'static str, method: &'static str, status: u16, elapsed: Du
         status,
     };
     let counts = MINE.with_borrow_mut(|mine| {
-        // The status and method first: telling routes apart compares text.
+        // Labels are told apart by address, not text: a route's label has one address
+        // (`route_label`), as has each of `track`'s methods. A label of the same text at another
+        // address only costs a second entry, which a scrape adds up with the first.
         let found = mine.iter().find(|(known, _)| {
-            known.status == status && known.method == method && known.route == route
+            known.status == status
+                && std::ptr::eq(known.method, method)
+                && std::ptr::eq(known.route, route)
         });
         if let Some((_, counts)) = found {
             return *counts;
