@@ -95,8 +95,8 @@ static ROUTES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
 /// counted that end elsewhere.
 static IN_FLIGHT_ALL: Mutex<Vec<&'static AtomicU64>> = Mutex::new(Vec::new());
 
-/// One of the lists above, which every thread adds to. A thread that panicked while holding it left it whole
-/// (each change is one push), so a poisoned lock is used as it is.
+/// One of the lists above, which every thread adds to. A thread that panicked while holding it
+/// left it whole (each change is one push), so a poisoned lock is used as it is.
 fn locked<T>(all: &Mutex<T>) -> MutexGuard<'_, T> {
     all.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
