@@ -9,7 +9,6 @@
 use super::requests;
 use axum::extract::MatchedPath;
 use axum::http::{Method, Request, StatusCode};
-use std::cell::RefCell;
 use std::time::Instant;
 
 /// A request being served: counted in flight until dropped, counted and timed when answered.
@@ -28,7 +27,7 @@ impl Tracking {
             route: request
                 .extensions()
                 .get::<MatchedPath>()
-                .map_or("unmatched", route_label),
+                .map_or("unmatched", |route| requests::route_label(route.as_str())),
             method: method_label(request.method()),
             _in_flight: InFlight::enter(),
         }
@@ -43,32 +42,6 @@ impl Tracking {
             self.started.elapsed(),
         );
     }
-}
-
-thread_local! {
-    /// The routes this thread has served, one entry per text, each with its label. Kept here,
-    /// the router's copy of a route's text stays where it is, so that the route is found by its
-    /// address: comparing text on every request cost more.
-    static ROUTES: RefCell<Vec<(MatchedPath, &'static str)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The route as a label.
-fn route_label(matched: &MatchedPath) -> &'static str {
-    ROUTES.with_borrow_mut(|routes| {
-        let route = matched.as_str();
-        let same_copy = routes
-            .iter()
-            .find(|(known, _)| std::ptr::eq(known.as_str(), route));
-        // Else another copy of a known route: from a router built again, or a nested route's
-        // text, which axum makes anew for each request.
-        let known = same_copy.or_else(|| routes.iter().find(|(known, _)| known.as_str() == route));
-        if let Some((_, label)) = known {
-            return *label;
-        }
-        let label = requests::route_label(route);
-        routes.push((matched.clone(), label));
-        label
-    })
 }
 
 /// The method as a label: one of a fixed few, whatever the client sent.
