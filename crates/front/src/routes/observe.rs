@@ -7,13 +7,11 @@
 //! pay both again on every request for no more than a second place to keep a few fields.
 
 use super::metrics::Tracking;
-use super::request_id::{Answer, Assigned};
+use super::request_id::Assigned;
 use axum::http::{Request, Response};
-use kv_protocol::RequestId;
 use pin_project_lite::pin_project;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
 /// The layer that identifies, counts and times every request. Outermost, so that it times and
@@ -70,15 +68,14 @@ where
         let tracking = Tracking::start(&request);
         let assigned = Assigned::new(request.headers());
         let inner = if self.id_when_called {
-            assigned.calling(|| self.inner.call(request))
+            assigned.set_around(|| self.inner.call(request))
         } else {
             self.inner.call(request)
         };
-        let (inner, answer) = assigned.serving(inner);
         Observed {
             inner,
             tracking,
-            answer: Some(answer),
+            assigned: Some(assigned),
         }
     }
 }
@@ -88,9 +85,10 @@ pin_project! {
     /// until dropped, counted and timed when answered.
     pub struct Observed<F> {
         #[pin]
-        inner: TaskLocalFuture<RequestId, F>,
+        inner: F,
         tracking: Tracking,
-        answer: Option<Answer>,
+        // Until answered.
+        assigned: Option<Assigned>,
     }
 }
 
@@ -102,10 +100,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut answered = ready!(this.inner.poll(cx));
+        let inner = this.inner;
+        let mut answered = ready!(match this.assigned {
+            Some(assigned) => assigned.set_around(|| inner.poll(cx)),
+            None => inner.poll(cx),
+        });
         if let Ok(response) = &mut answered {
-            if let Some(answer) = this.answer.take() {
-                answer.put_in(response.headers_mut());
+            if let Some(assigned) = this.assigned.take() {
+                assigned.put_in(response.headers_mut());
             }
             this.tracking.answered(response.status());
         }

@@ -16,7 +16,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use kv_protocol::RequestId;
 use std::convert::Infallible;
-use tokio::task::futures::TaskLocalFuture;
 use uuid::Uuid;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -88,18 +87,12 @@ impl<S: Sync> FromRequestParts<S> for RequestIdOf {
 }
 
 /// The id of a request: what the code serving it reads, through the task-local (see
-/// [`Assigned::calling`] and [`Assigned::serving`]), and what its answer carries.
-pub struct Assigned {
-    id: RequestId,
-    answer: Answer,
-}
-
-/// The id an answer carries: the client's as it came, or the one made for the request.
-pub struct Answer(AnswerId);
-
-enum AnswerId {
-    Client(HeaderValue),
+/// [`Assigned::set_around`]), and what its answer carries.
+pub enum Assigned {
+    /// The client sent none: a new UUID.
     Made(Uuid),
+    /// The client's own, as the answer carries it back and as the code serving it reads it.
+    Client { header: HeaderValue, id: RequestId },
 }
 
 impl Assigned {
@@ -107,39 +100,31 @@ impl Assigned {
     /// request across services), or else a new UUID.
     pub fn new(headers: &HeaderMap) -> Self {
         match headers.get(X_REQUEST_ID) {
-            Some(client) => Self {
+            Some(client) => Self::Client {
                 id: RequestId::new(printable(client)),
-                answer: Answer(AnswerId::Client(client.clone())),
+                header: client.clone(),
             },
-            None => {
-                let made = Uuid::new_v4();
-                Self {
-                    id: RequestId::Uuid(made),
-                    answer: Answer(AnswerId::Made(made)),
-                }
-            }
+            None => Self::Made(Uuid::new_v4()),
         }
     }
 
-    /// Calls the request's service with the id set: the layers inside make the request's log
-    /// span when called, before any poll.
-    pub fn calling<R>(&self, call: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self.id.clone(), call)
+    /// Runs `serve` (the call of the request's service, a poll of its future) with the id set
+    /// for the code serving the request. Set around each poll rather than held by a
+    /// `TaskLocalFuture` around the request's future: that one more level would move the whole
+    /// future once more on every request, and enter the scope again to drop it.
+    pub fn set_around<R>(&self, serve: impl FnOnce() -> R) -> R {
+        let id = match self {
+            Self::Made(id) => RequestId::Uuid(*id),
+            Self::Client { id, .. } => id.clone(),
+        };
+        CURRENT.sync_scope(id, serve)
     }
 
-    /// The request's future, with the id set while it is polled (and dropped); and the id its
-    /// answer will carry.
-    pub fn serving<F: Future>(self, future: F) -> (TaskLocalFuture<RequestId, F>, Answer) {
-        (CURRENT.scope(self.id, future), self.answer)
-    }
-}
-
-impl Answer {
     /// Puts the id in the answer's headers, unless the handler put one there.
     pub fn put_in(self, headers: &mut HeaderMap) {
-        headers.entry(X_REQUEST_ID).or_insert_with(|| match self.0 {
-            AnswerId::Client(id) => id,
-            AnswerId::Made(id) => header_value(id),
+        headers.entry(X_REQUEST_ID).or_insert_with(|| match self {
+            Self::Client { header, .. } => header,
+            Self::Made(id) => header_value(id),
         });
     }
 }
