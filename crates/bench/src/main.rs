@@ -9,7 +9,7 @@ use clap::Parser;
 use kv_bench::check::{self, Audit};
 use kv_bench::load::{Run, Script, Wrk};
 use kv_bench::probe::{self, Limits};
-use kv_bench::system::{self, Settings};
+use kv_bench::system::{self, MachineCpu, Settings};
 use kv_e2e::metrics::Scrape;
 use kv_e2e::queues::{delete_queues, ready_messages};
 use kv_e2e::server::{Memory, ServerProcess, memory_of};
@@ -86,6 +86,8 @@ struct Row {
     back_cpu: Duration,
     /// How many requests each message to RabbitMQ carried, on average.
     per_message: Option<f64>,
+    /// The machine's CPU time meanwhile, all of it.
+    machine: MachineCpu,
 }
 
 /// The label of the run that measures the front-server's bare HTTP rate.
@@ -117,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
     );
     // Measured on queues of the type the servers use, so that the fractions compare like with
     // like.
+    let before = MachineCpu::now()?;
     let limits = probe::measure(
         &args.broker.amqp_url,
         Duration::from_secs(args.probe_seconds),
@@ -124,9 +127,10 @@ async fn main() -> anyhow::Result<()> {
         system::default_layout(String::new()).queue_type(),
     )
     .await?;
+    let probed = MachineCpu::now()?.since(&before);
 
     let outcome = benchmark(&args, &bin_dir, work.path()).await.map(|report| {
-        report.print(&args, &limits);
+        report.print(&args, &limits, &probed);
         report.data_checks_pass()
     });
     keep_on_failure(work, outcome)
@@ -447,7 +451,9 @@ impl Instance {
     ) -> anyhow::Result<Row> {
         let metrics_before = self.scrape().await?;
         let (front_before, back_before) = (self.front.cpu_time()?, self.back.cpu_time()?);
+        let machine_before = MachineCpu::now()?;
         let run = load(&self.wrk)?;
+        let machine = MachineCpu::now()?.since(&machine_before);
         let (front_after, back_after) = (self.front.cpu_time()?, self.back.cpu_time()?);
         let metrics_after = self.scrape().await?;
         let delta = |name: &str| metrics_after.value(name, &[]) - metrics_before.value(name, &[]);
@@ -458,6 +464,7 @@ impl Instance {
             front_cpu: front_after - front_before,
             back_cpu: back_after - back_before,
             per_message: (messages > 0.0).then(|| delta(PER_MESSAGE_SUM) / messages),
+            machine,
         })
     }
 
@@ -566,21 +573,22 @@ impl Report {
             .find(|row| row.label == method && row.run.connections == connections)
     }
 
-    fn print(&self, args: &Args, limits: &Limits) {
+    fn print(&self, args: &Args, limits: &Limits, probed: &MachineCpu) {
         let most = args.most_connections();
         println!();
         println!("kv-bench on {}", machine());
         println!(
-            "RabbitMQ limits, measured in this run: durable writes {:.0} msg/s; request/reply with {} in flight {:.0} round trips/s (p50 {:.2} ms, p99 {:.2} ms)",
+            "RabbitMQ limits, measured in this run: durable writes {:.0} msg/s; request/reply with {} in flight {:.0} round trips/s (p50 {:.2} ms, p99 {:.2} ms); {:.0}% of the CPU time stolen meanwhile",
             limits.durable_writes_per_sec,
             limits.in_flight,
             limits.round_trips_per_sec,
             ms(limits.round_trip_p50),
             ms(limits.round_trip_p99),
+            probed.stolen_percent(),
         );
         println!();
         println!(
-            "| {:<18} | {:>5} | {:>8} | {:>8} | {:>8} | {:>7} | {:>6} | {:>8} | {:>7} | {:>14} | {:>13} |",
+            "| {:<18} | {:>5} | {:>8} | {:>8} | {:>8} | {:>7} | {:>6} | {:>8} | {:>7} | {:>14} | {:>13} | {:>7} |",
             "run",
             "conns",
             "req/s",
@@ -591,11 +599,12 @@ impl Report {
             "of limit",
             "req/msg",
             "front CPU µs/req",
-            "back CPU µs/req"
+            "back CPU µs/req",
+            "stolen"
         );
         println!(
-            "|{:-<20}|{:->7}|{:->10}|{:->10}|{:->10}|{:->9}|{:->8}|{:->10}|{:->9}|{:->18}|{:->17}|",
-            "", "", "", "", "", "", "", "", "", "", ""
+            "|{:-<20}|{:->7}|{:->10}|{:->10}|{:->10}|{:->9}|{:->8}|{:->10}|{:->9}|{:->18}|{:->17}|{:->9}|",
+            "", "", "", "", "", "", "", "", "", "", "", ""
         );
         for row in self
             .rows
@@ -619,7 +628,7 @@ impl Report {
                 .per_message
                 .map_or_else(|| "-".into(), |mean| format!("{mean:.1}"));
             println!(
-                "| {:<18} | {:>5} | {:>8.0} | {:>8.2} | {:>8.2} | {:>7} | {:>6} | {:>8} | {:>7} | {:>16.1} | {:>15.1} |",
+                "| {:<18} | {:>5} | {:>8.0} | {:>8.2} | {:>8.2} | {:>7} | {:>6} | {:>8} | {:>7} | {:>16.1} | {:>15.1} | {:>6.0}% |",
                 row.label,
                 row.run.connections,
                 row.run.per_second(),
@@ -631,11 +640,12 @@ impl Report {
                 per_message,
                 per_request(row.front_cpu),
                 per_request(row.back_cpu),
+                row.machine.stolen_percent(),
             );
         }
         println!();
         println!(
-            "\"of limit\": POST of the durable-write limit, GET of the request/reply limit. \"req/msg\": requests per message to RabbitMQ."
+            "\"of limit\": POST of the durable-write limit, GET of the request/reply limit. \"req/msg\": requests per message to RabbitMQ. \"stolen\": the share of the machine's CPU time the hypervisor gave to other guests during the run (on a shared VM, a run with much of it measured the neighbours as much as the system)."
         );
         if let Some(bare) = self.find(BARE, most) {
             let ceiling = bare.run.per_second();

@@ -9,7 +9,7 @@
 use crate::check::{self, Audit};
 use crate::load::{Run, Script, Wrk};
 use crate::probe::{self, Limits};
-use crate::system::{self, Settings};
+use crate::system::{self, MachineCpu, Settings};
 use anyhow::Context;
 use kv_e2e::queues::{delete_queues, ready_messages};
 use kv_e2e::server::{ServerProcess, cpu_time_of};
@@ -309,7 +309,7 @@ impl Scaled {
             } else {
                 Some(broker.cpu_time()?)
             },
-            machine: machine_busy()?,
+            machine: MachineCpu::now()?.busy,
         })
     }
 
@@ -355,24 +355,6 @@ impl Drop for Scaled {
             system::abandon(servers, probe::first_node(&self.amqp_url), queues);
         }
     }
-}
-
-/// Busy time of all cores together since boot, from the first line of `/proc/stat`: everything
-/// but idle and iowait.
-fn machine_busy() -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .context("a cpu line in /proc/stat")?
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let busy: u64 = fields.iter().take(8).sum::<u64>() - fields[3] - fields[4];
-    // USER_HZ is 100 on every Linux kernel built for the common architectures.
-    Ok(Duration::from_millis(busy * 10))
 }
 
 fn ms(duration: Duration) -> f64 {

@@ -187,3 +187,79 @@ pub async fn wait_for_schema(path: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The whole machine's CPU time so far, all cores together, from the first line of `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineCpu {
+    /// Every core's busy time, whoever used it: everything but idle and iowait (steal included).
+    pub busy: Duration,
+    /// Time the hypervisor gave this machine's cores to other guests while it had work to run.
+    pub stolen: Duration,
+    /// All of it, idle included.
+    pub total: Duration,
+}
+
+impl MachineCpu {
+    pub fn now() -> anyhow::Result<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat")?)
+    }
+
+    /// The times on the first line of `stat`, the text of `/proc/stat`.
+    fn parse(stat: &str) -> anyhow::Result<Self> {
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .context("a cpu line in /proc/stat")?
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        // user nice system idle iowait irq softirq steal (guest time is already in user).
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = fields
+            .get(..8)
+            .and_then(|fields| <[u64; 8]>::try_from(fields).ok())
+            .context("eight times on the cpu line of /proc/stat")?;
+        let busy = user + nice + system + irq + softirq + steal;
+        // USER_HZ is 100 on every Linux kernel built for the common architectures.
+        let ticks = |ticks: u64| Duration::from_millis(ticks * 10);
+        Ok(Self {
+            busy: ticks(busy),
+            stolen: ticks(steal),
+            total: ticks(busy + idle + iowait),
+        })
+    }
+
+    /// What was spent between `earlier` and this.
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            busy: self.busy.saturating_sub(earlier.busy),
+            stolen: self.stolen.saturating_sub(earlier.stolen),
+            total: self.total.saturating_sub(earlier.total),
+        }
+    }
+
+    /// The share of the time that was stolen, in percent: on a shared VM, a run with much of it
+    /// measured the neighbours as much as the system.
+    pub fn stolen_percent(&self) -> f64 {
+        self.stolen.as_secs_f64() * 100.0 / self.total.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_machines_times_come_from_the_first_line_of_proc_stat() {
+        // user nice system idle iowait irq softirq steal guest guest_nice, in ticks of 10 ms.
+        let stat = "cpu  600 10 200 900 50 5 35 200 0 0\ncpu0 300 5 100 450 25 2 18 100 0 0\n";
+        let times = MachineCpu::parse(stat).unwrap();
+        assert_eq!(times.busy, Duration::from_millis(10_500));
+        assert_eq!(times.stolen, Duration::from_millis(2_000));
+        assert_eq!(times.total, Duration::from_millis(20_000));
+
+        let earlier = MachineCpu::parse("cpu  500 10 200 800 50 5 35 100 0 0\n").unwrap();
+        assert_eq!(times.since(&earlier).stolen_percent(), 100.0 / 3.0);
+        assert!(MachineCpu::parse("cpu  1 2 3\n").is_err());
+    }
+}
