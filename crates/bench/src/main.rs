@@ -117,9 +117,9 @@ async fn main() -> anyhow::Result<()> {
         "kv-bench: probing RabbitMQ's own limits ({} s each)…",
         args.probe_seconds
     );
+    let before = MachineCpu::now()?;
     // Measured on queues of the type the servers use, so that the fractions compare like with
     // like.
-    let before = MachineCpu::now()?;
     let limits = probe::measure(
         &args.broker.amqp_url,
         Duration::from_secs(args.probe_seconds),
