@@ -189,7 +189,7 @@ pub async fn wait_for_schema(path: &Path) -> anyhow::Result<()> {
 }
 
 /// The whole machine's CPU time so far, all cores together, from the first line of `/proc/stat`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct MachineCpu {
     /// Every core's busy time, whoever used it: everything but idle and iowait (steal included).
     pub busy: Duration,
